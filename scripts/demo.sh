@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make demo`: the main job end to end, offline, CPU-only, in ./demo/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+AS=".venv/bin/alexsearch"
+mkdir -p demo
+echo "== a small labelled photo set, generated (no download): demo/shapes/<class>/*.jpg"
+$PY scripts/make_shapes.py demo/shapes --per-class 12
+echo "== an untrained, paper-initialised two-tower AlexNet"
+[ -f demo/init.ckpt ] || $AS weights init --out demo/init.ckpt --classes 6
+$AS info --weights demo/init.ckpt

@@ -1,0 +1,34 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def paper_model():
+    from alexsearch.model import AlexNet
+
+    torch.manual_seed(0)
+    return AlexNet().eval()
+
+
+@pytest.fixture(scope="session")
+def init_ckpt(tmp_path_factory):
+    """An untrained, paper-initialised 10-class checkpoint written through the CLI's library."""
+    from alexsearch import weights
+
+    path = tmp_path_factory.mktemp("weights") / "init10.ckpt"
+    weights.save(weights.init_checkpoint(10, seed=1), path)
+    return path
+
+
+def shared_data(name: str) -> Path:
+    p = SHARED / name
+    if not p.exists():
+        pytest.skip(f"{p} not present (../shared/data is absent)")
+    return p
