@@ -81,25 +81,259 @@ def weights_init(
     )
 
 
+# --------------------------------------------------------------------------- index, query
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _load_model(weights_path, recorded: str | None = None, device: str = "cpu"):
+    """(model, preprocess, fingerprint, path, layer) for the resolved weights."""
+    from . import weights
+
+    path = weights.resolve(weights_path, recorded)
+    ckpt = weights.load(path)
+    return ckpt.build(device), ckpt.preprocess, ckpt.fingerprint, path.resolve(), "fc7"
+
+
+def _progress(label: str):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+@app.command()
+def index(
+    paths: list[Path] = typer.Argument(..., help="Folders (searched recursively) or images."),
+    index_dir: Path = typer.Option(
+        None, "--index", help="Index folder [default: indexes/default]."
+    ),
+    weights_path: Path = typer.Option(
+        None, "--weights", help="Checkpoint [env ALEXSEARCH_WEIGHTS]."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(
+        None, "--workers", min=0, help="Decode processes [default: cores]."
+    ),
+    kind: str = typer.Option("flat", help="FAISS kind: flat (exact), hnsw, ivfpq, ivfsq, auto."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
+    exclude: list[str] = typer.Option([], "--exclude", help="Glob of names/paths to skip."),
+    hidden: bool = typer.Option(False, "--hidden", help="Also walk hidden files and folders."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Index photos: extract fc7 of every image into an index (incremental)."""
+    import time
+
+    from . import indexer, store
+
+    if kind not in store.KINDS:
+        raise UserError(f"unknown --kind {kind!r}; choose from {', '.join(store.KINDS)}")
+    idx = store.resolve_dir(index_dir)
+    recorded = None
+    manifest = store.read_manifest(idx) if idx.is_dir() else None
+    if manifest:
+        recorded = manifest["model"].get("weights")
+    dev = _device(device)
+    bar = _progress("indexing")
+    task = None
+    started = [0.0]
+
+    def progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("extract", total=total, rate="")
+            started[0] = time.perf_counter()
+        rate = done / max(time.perf_counter() - started[0], 1e-9)
+        bar.update(task, completed=done, rate=f"{rate:.1f} img/s")
+
+    try:
+        summary = indexer.run(
+            paths,
+            idx,
+            lambda: _load_model(weights_path, recorded, dev),
+            kind=kind,
+            max_memory=_parse_bytes(max_memory),
+            batch_size=batch_size,
+            workers=workers,
+            device=dev,
+            exclude=exclude,
+            hidden=hidden,
+            max_megapixels=max_megapixels,
+            wait=wait,
+            progress=progress,
+            check_weights=weights_path is not None or bool(os.environ.get(WEIGHTS_ENV)),
+        )
+    finally:
+        if task is not None:
+            bar.stop()
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(summary))
+        return
+    rows = {
+        "index": summary.index_dir,
+        "added": summary.added,
+        "updated": summary.updated,
+        "moved": summary.moved,
+        "deleted": summary.deleted,
+        "unchanged": summary.unchanged,
+        "failed (this run)": len(summary.failed),
+        "in index": f"{summary.total_ok} ok, {summary.total_failed} failed",
+        "kind": summary.kind,
+        "weights": f"{summary.weights} ({summary.fingerprint})",
+        "time": f"{summary.seconds:.1f} s"
+        + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
+    }
+    out.print(kv_table("index", rows))
+    if summary.failed:
+        table = Table(title="files that could not be indexed", title_justify="left")
+        table.add_column("path")
+        table.add_column("reason")
+        for p, why in summary.failed:
+            table.add_row(p, why)
+        out.print(table)
+    for p, why in summary.skipped:
+        err.print(f"skipped {p}: {why}", highlight=False)
+
+
+def _parse_bytes(text: str | None) -> int | None:
+    if not text:
+        return None
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = text.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise UserError(f"--max-memory {text!r}: expected a size like 512M or 4G") from None
+
+
+@app.command()
+def query(
+    images: list[Path] = typer.Argument(..., help="Query images (inside the index or not)."),
+    k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
+    index_dir: Path = typer.Option(
+        None, "--index", help="Index folder [default: indexes/default]."
+    ),
+    weights_path: Path = typer.Option(None, "--weights", help="[default: the index's weights]"),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+    grid: Path = typer.Option(None, "--grid", help="Also draw query + neighbours to this PNG."),
+    max_megapixels: float = typer.Option(100.0, "--max-megapixels"),
+) -> None:
+    """Find the k indexed photos that look most like each query image."""
+    from . import search
+
+    searcher = search.Searcher(index_dir)
+    try:
+        recorded = searcher.manifest["model"].get("weights")
+        model, pre, fp, wpath, _ = _load_model(weights_path, recorded, _device(device))
+        searcher.check_model(fp, wpath)
+        results = search.query(
+            searcher,
+            model,
+            pre,
+            [str(i) for i in images],
+            k,
+            include_self,
+            max_megapixels,
+            _device(device),
+        )
+    finally:
+        searcher.close()
+    if grid is not None:
+        _draw_grid(results, grid)
+    if as_json:
+        print_json(search.result_dicts(results))
+    else:
+        for r in results:
+            table = Table(title=f"query {r.query}", title_justify="left")
+            table.add_column("rank", justify="right")
+            table.add_column("distance", justify="right")
+            table.add_column("path")
+            for h in r.hits:
+                table.add_row(str(h.rank), f"{h.distance:.3f}", h.path)
+            if r.error:
+                err.print(f"[red]error:[/red] {r.query}: {r.error}", highlight=False)
+            else:
+                out.print(table)
+        if grid is not None:
+            out.print(f"grid written to {grid}")
+    bad = [r for r in results if r.error]
+    if bad:
+        if as_json:
+            for r in bad:
+                err.print(f"error: {r.query}: {r.error}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _draw_grid(results, path: Path) -> None:
+    from . import viz
+    from .weights import atomic_write
+
+    rows = [(r.query, [(h.path, h.distance) for h in r.hits]) for r in results if not r.error]
+    img = viz.neighbour_grid(rows)
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
 # --------------------------------------------------------------------------- info
 
 
 @app.command()
 def info(
     weights_path: Path = typer.Option(None, "--weights", help="Describe this checkpoint."),
+    index_dir: Path = typer.Option(None, "--index", help="Describe this index."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
-    """Describe a checkpoint: architecture, parameter count, classes, preprocessing."""
-    from . import weights
+    """Describe a checkpoint (--weights) or an index (--index, the default index otherwise)."""
+    from . import store, weights
 
-    path = weights_path or (Path(os.environ[WEIGHTS_ENV]) if os.environ.get(WEIGHTS_ENV) else None)
-    if path is None:
-        raise UserError("nothing to describe: give --weights CKPT")
-    desc = {"weights": str(path), **weights.load(path).describe()}
+    if weights_path is not None:
+        desc = {"weights": str(weights_path), **weights.load(weights_path).describe()}
+        if as_json:
+            print_json(desc)
+        else:
+            out.print(kv_table(f"weights {weights_path}", desc))
+        return
+    desc = store.describe(index_dir)
     if as_json:
         print_json(desc)
-    else:
-        out.print(kv_table(f"weights {path}", desc))
+        return
+    failures = desc.pop("failures")
+    out.print(kv_table(f"index {desc['index']}", desc))
+    if failures:
+        table = Table(title="files that could not be indexed", title_justify="left")
+        table.add_column("path")
+        table.add_column("reason")
+        for f in failures:
+            table.add_row(f["path"], f["reason"])
+        out.print(table)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -11,6 +11,7 @@ decode + resize and than torchvision.io.decode_jpeg on the CPU (bench/decode.py)
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,10 +21,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
-DEFAULT_MAX_MEGAPIXELS = 100.0
+from .imagefiles import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS, is_image_name  # noqa: F401
+
 RESIZE = 256
 
 # A truncated file is an error to report, not something to pad with grey.
@@ -99,7 +98,7 @@ def _centre(big: int, small: int) -> tuple[int, int]:
 
 
 def decode(
-    path: str | os.PathLike,
+    path: str | os.PathLike | io.BufferedIOBase,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     draft_to: int | None = RESIZE,
 ) -> Image.Image:
@@ -111,7 +110,7 @@ def decode(
     of two as long as both sides stay >= this (None decodes at full size).
     """
     try:
-        if os.path.getsize(path) == 0:
+        if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:
             raise ImageError("empty file")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -279,10 +278,6 @@ class RunningRGBStats:
 
 
 # --------------------------------------------------------------------------- folders
-
-
-def is_image_name(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def labelled_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:

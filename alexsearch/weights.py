@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .data import Preprocess
 from .errors import UserError
 from .model import PAPER, AlexNet, ArchConfig, expected_shapes
@@ -42,8 +42,9 @@ class Checkpoint:
 
     def build(self, device: str | torch.device = "cpu") -> AlexNet:
         """The network in eval mode on `device`."""
-        model = AlexNet(self.arch, init=False)
-        model.load_state_dict(self.state_dict)
+        with torch.device("meta"):  # no throwaway allocation: take the loaded tensors as is
+            model = AlexNet(self.arch, init=False)
+        model.load_state_dict(self.state_dict, assign=True)
         return model.to(device).eval()
 
     def describe(self) -> dict:
@@ -111,36 +112,6 @@ def save(ckpt: Checkpoint, path: str | os.PathLike) -> str:
     }
     atomic_write(path, lambda f: torch.save(payload, f))
     return ckpt.fingerprint
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(fileobj) on a temporary file beside `path`, then rename it over `path`.
-
-    A crash or a full disk leaves any earlier `path` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
 
 
 def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
@@ -216,4 +187,28 @@ def init_checkpoint(num_classes: int = 1000, seed: int = 0, classes=None) -> Che
         state_dict=model.state_dict(),
         classes=names,
         meta={"source": "paper init (untrained)", "seed": seed},
+    )
+
+
+WEIGHTS_ENV = "ALEXSEARCH_WEIGHTS"
+
+
+def resolve(explicit: str | os.PathLike | None, recorded: str | None = None) -> Path:
+    """Which weights to use: --weights, else $ALEXSEARCH_WEIGHTS, else the weights an
+    index recorded, else fetched default weights; otherwise say how to get some."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(WEIGHTS_ENV):
+        return Path(os.environ[WEIGHTS_ENV])
+    if recorded and Path(recorded).exists():
+        return Path(recorded)
+    default = globals().get("default_weights_path")
+    found = default() if default else None
+    if found:
+        return Path(found)
+    raise WeightsError(
+        "no weights given: pass --weights CKPT or set ALEXSEARCH_WEIGHTS; to get weights run "
+        "`alexsearch weights fetch bvlc` (Caffe's published AlexNet), `alexsearch train`, or "
+        "`alexsearch weights init --out CKPT` (untrained)"
+        + (f"; the index was built with {recorded}, which is gone" if recorded else "")
     )

@@ -1,0 +1,303 @@
+"""`alexsearch index`: walk folders, diff against the catalogue, extract what changed.
+
+Incremental by (size, mtime): unchanged files are not opened; new and changed files are
+extracted; files gone from the walked folders are dropped, unless a new file has the
+same content digest, in which case it is a move and keeps its vector. Work is committed
+to the catalogue in chunks, so a killed run keeps what it committed and a rerun resumes.
+The FAISS snapshot and manifest are published at the end, atomically.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat as stat_
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import imagefiles, store
+from .errors import UserError
+
+CHUNK = 256  # files per catalogue transaction
+
+
+@dataclass
+class Plan:
+    new: list[tuple[str, int, int]] = field(default_factory=list)  # path, size, mtime_ns
+    changed: list[tuple[str, int, int]] = field(default_factory=list)
+    gone: list[store.Row] = field(default_factory=list)
+    unchanged: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders etc.
+
+
+@dataclass
+class Summary:
+    index_dir: str
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    total_ok: int = 0
+    total_failed: int = 0
+    kind: str = ""
+    seconds: float = 0.0
+    extracted: int = 0
+    images_per_s: float = 0.0
+    fingerprint: str = ""
+    weights: str = ""
+
+
+def walk(
+    roots: list[Path],
+    exclude: list[str] = (),
+    hidden: bool = False,
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, str]]]:
+    """Image files under `roots` (files may be given directly): [(abs path, size, mtime_ns)].
+
+    Follows symlinks but visits each real folder once, so symlink loops are safe.
+    `exclude`: glob patterns matched against the name and the path relative to the root.
+    Returns the files and [(path, reason)] for folders that could not be read.
+    """
+    found: dict[str, tuple[str, int, int]] = {}
+    problems: list[tuple[str, str]] = []
+    seen_dirs: set[tuple[int, int]] = set()
+
+    def excluded(rel: str, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) or fnmatch.fnmatch(rel, p) for p in exclude)
+
+    def add(path: str, st: os.stat_result) -> None:
+        found[path] = (path, st.st_size, st.st_mtime_ns)
+
+    for root in roots:
+        root = Path(os.path.abspath(root))
+        try:
+            st = root.stat()
+        except OSError as e:
+            raise UserError(
+                f"{root}: {e.strerror.lower() if e.strerror else 'cannot read'}"
+            ) from None
+        if stat_.S_ISREG(st.st_mode):
+            if imagefiles.is_image_name(root.name):
+                add(str(root), st)
+            else:
+                problems.append((str(root), "not an image file name"))
+            continue
+        stack = [root]
+        while stack:
+            d = stack.pop()
+            try:
+                dst = d.stat()
+                key = (dst.st_dev, dst.st_ino)
+                if key in seen_dirs:
+                    continue
+                seen_dirs.add(key)
+                entries = sorted(os.scandir(d), key=lambda e: e.name)
+            except OSError as e:
+                problems.append((str(d), e.strerror.lower() if e.strerror else "cannot read"))
+                continue
+            for e in entries:
+                if not hidden and e.name.startswith("."):
+                    continue
+                rel = os.path.relpath(e.path, root)
+                if exclude and excluded(rel, e.name):
+                    continue
+                try:
+                    if e.is_dir(follow_symlinks=True):
+                        stack.append(Path(e.path))
+                    elif imagefiles.is_image_name(e.name) and e.is_file(follow_symlinks=True):
+                        add(e.path, e.stat(follow_symlinks=True))
+                except OSError as err:
+                    problems.append((e.path, err.strerror.lower() if err.strerror else "error"))
+    return sorted(found.values()), problems
+
+
+def plan(catalogue: store.Catalogue, roots: list[Path], files, problems) -> Plan:
+    scope = [os.path.abspath(r) for r in roots]
+    known = catalogue.rows(under=scope)
+    p = Plan(skipped=problems)
+    current = set()
+    for path, size, mtime in files:
+        current.add(path)
+        row = known.get(path)
+        if row is None:
+            p.new.append((path, size, mtime))
+        elif row.size != size or row.mtime_ns != mtime:
+            p.changed.append((path, size, mtime))
+        else:
+            p.unchanged += 1
+    p.gone = [row for path, row in known.items() if path not in current]
+    return p
+
+
+def run(
+    roots: list[Path],
+    index_dir: Path,
+    load_model: Callable,  # () -> (model, preprocess, fingerprint, weights path, layer)
+    kind: str = "flat",
+    max_memory: int | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "cpu",
+    exclude: list[str] = (),
+    hidden: bool = False,
+    max_megapixels: float = imagefiles.DEFAULT_MAX_MEGAPIXELS,
+    wait: bool = False,
+    progress: Callable | None = None,  # progress(done, total) during extraction
+    check_weights: bool = False,  # weights were named explicitly: verify even if no work
+) -> Summary:
+    t0 = time.perf_counter()
+    summary = Summary(index_dir=str(index_dir))
+    with store.write_lock(index_dir, wait=wait):
+        manifest = store.read_manifest(index_dir)
+        files, problems = walk(roots, exclude, hidden)
+        cat = store.Catalogue(index_dir / "catalogue.sqlite")
+        try:
+            work = plan(cat, roots, files, problems)
+            summary.unchanged = work.unchanged
+            summary.skipped = work.skipped
+            model_info = None
+            if work.new or work.changed or manifest is None or check_weights:
+                model_info = load_model()
+                _check_same_model(index_dir, manifest, model_info)
+            summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
+            if to_extract:
+                _extract_into(
+                    cat,
+                    model_info,
+                    to_extract,
+                    summary,
+                    batch_size,
+                    workers,
+                    device,
+                    max_megapixels,
+                    progress,
+                )
+            changed = bool(to_extract or work.gone or summary.moved or manifest is None)
+            if manifest is not None and kind != manifest.get("kind_requested", "flat"):
+                changed = True
+            if changed:
+                manifest = _publish(index_dir, cat, manifest, model_info, kind, max_memory)
+            summary.total_ok, summary.total_failed = cat.count()
+        finally:
+            cat.close()
+    summary.kind = manifest["kind"]
+    summary.fingerprint = manifest["model"]["fingerprint"]
+    summary.weights = manifest["model"].get("weights", "")
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _check_same_model(index_dir: Path, manifest: dict | None, model_info) -> None:
+    if manifest is None:
+        return
+    _, _, fp, wpath, _ = model_info
+    have = manifest["model"]
+    if have["fingerprint"] != fp:
+        raise store.IndexError_(
+            f"{index_dir} was built with weights {have['fingerprint']} ({have.get('weights')}), "
+            f"but these weights are {fp} ({wpath}); use the same weights or another --index"
+        )
+
+
+def _apply_moves_and_deletes(cat: store.Catalogue, work: Plan, summary: Summary):
+    """Match new files to vanished ones by content; delete the rest. Returns (moved, todo)."""
+    todo = list(work.changed)
+    summary.updated = len(work.changed)
+    by_content: dict[tuple[int, str], store.Row] = {}
+    for row in work.gone:
+        if row.status == "ok" and row.digest:
+            by_content.setdefault((row.size, row.digest), row)
+    moved = 0
+    for path, size, mtime in work.new:
+        row = None
+        if by_content and any(k[0] == size for k in by_content):
+            try:
+                row = by_content.pop((size, imagefiles.hash_file(path)), None)
+            except OSError:
+                row = None
+        if row is not None:
+            cat.move(row.id, path, size, mtime)
+            moved += 1
+        else:
+            todo.append((path, size, mtime))
+    moved_ids = {r.id for r in work.gone} - {r.id for r in by_content.values()}
+    gone = [r.id for r in work.gone if r.id not in moved_ids]
+    cat.delete(gone)
+    cat.commit()
+    summary.deleted = len(gone)
+    summary.added = len(todo) - len(work.changed)
+    return moved, todo
+
+
+def _extract_into(cat, model_info, todo, summary, batch_size, workers, device, max_mp, progress):
+    from .extract import extract
+
+    model, pre, _, _, _ = model_info
+    meta = {p: (s, m) for p, s, m in todo}
+    done = 0
+    t = time.perf_counter()
+    pending = 0
+    for batch in extract(model, pre, [p for p, _, _ in todo], batch_size, workers, device, max_mp):
+        for r in batch:
+            size, mtime = meta[r.path]
+            cat.put(r.path, size, mtime, r.digest, r.vector, r.thumb, r.reason)
+            if r.vector is None:
+                summary.failed.append((r.path, r.reason))
+        done += len(batch)
+        pending += len(batch)
+        if pending >= CHUNK:
+            cat.commit()
+            pending = 0
+        if progress:
+            progress(done, len(todo))
+    cat.commit()
+    summary.extracted = done
+    summary.images_per_s = done / max(time.perf_counter() - t, 1e-9)
+
+
+def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
+    """Build the FAISS snapshot from the catalogue and publish it with a new manifest."""
+    if manifest is None:
+        _, pre, fp, wpath, layer = model_info
+        manifest = {
+            "format": store.FORMAT,
+            "version": store.VERSION,
+            "created": time.time(),
+            "model": {"fingerprint": fp, "weights": str(wpath), "layer": layer},
+            "dimension": 4096,
+            "preprocess": {
+                "resize": pre.resize,
+                "crop": f"centre {pre.input_size}",
+                "channel_order": pre.channel_order,
+            },
+            "metric": "L2",
+            "generation": 0,
+        }
+    ids, vecs = cat.vectors(manifest["dimension"])
+    chosen = store.choose_kind(kind, len(ids), manifest["dimension"], max_memory)
+    index = store.build_faiss(chosen, ids, vecs)
+    gen = manifest.get("generation", 0) + 1
+    old = manifest.get("vectors_file")
+    name = store.write_faiss(index_dir, index, gen)
+    ok, failed = cat.count()
+    manifest = {
+        **manifest,
+        "kind": chosen,
+        "kind_requested": kind,
+        "generation": gen,
+        "vectors_file": name,
+        "counts": {"ok": ok, "failed": failed},
+        "updated": time.time(),
+    }
+    store.write_manifest(index_dir, manifest)
+    if old and old != name:
+        try:  # readers that opened the old manifest a moment ago may still read it: harmless
+            (index_dir / old).unlink()
+        except FileNotFoundError:
+            pass
+    return manifest

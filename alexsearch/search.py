@@ -1,0 +1,134 @@
+"""`alexsearch query`: nearest neighbours of images in an index.
+
+A query reads the published manifest and its FAISS snapshot (never a half-written
+index), embeds each query image exactly as indexing did, and maps result ids back to
+paths through the catalogue. A query image that is itself in the index is left out of
+its own results unless asked.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import data, store
+from .errors import UserError
+
+
+@dataclass
+class Hit:
+    rank: int
+    distance: float
+    path: str
+    id: int
+
+
+@dataclass
+class Result:
+    query: str
+    hits: list[Hit] = field(default_factory=list)
+    error: str = ""
+
+
+class Searcher:
+    """An open index snapshot: FAISS vectors + catalogue, read-only."""
+
+    def __init__(self, index: str | os.PathLike | None):
+        self.dir, self.manifest = store.open_existing(index)
+        for _ in range(3):  # a writer may publish a new generation while we open it
+            try:
+                self.index = store.read_faiss(self.dir, self.manifest)
+                break
+            except store.IndexError_:
+                fresh = store.read_manifest(self.dir)
+                if fresh is None or fresh["vectors_file"] == self.manifest["vectors_file"]:
+                    raise
+                self.manifest = fresh
+        self.catalogue = store.Catalogue(self.dir / "catalogue.sqlite", readonly=True)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.manifest["model"]["fingerprint"]
+
+    def check_model(self, fingerprint: str, weights_path) -> None:
+        if fingerprint != self.fingerprint:
+            raise store.IndexError_(
+                f"{self.dir} was built with weights {self.fingerprint} "
+                f"({self.manifest['model'].get('weights')}), but the query uses {fingerprint} "
+                f"({weights_path}); query with the index's weights or rebuild the index"
+            )
+
+    def search(self, vectors: np.ndarray, k: int, exclude_ids=None) -> list[list[Hit]]:
+        """k nearest per row of `vectors`; exclude_ids[i] is left out of row i's results."""
+        exclude_ids = exclude_ids or [None] * len(vectors)
+        extra = 1 if any(e is not None for e in exclude_ids) else 0
+        n = self.index.ntotal
+        want = min(k + extra, n)
+        if want == 0:
+            return [[] for _ in vectors]
+        dist, ids = self.index.search(np.ascontiguousarray(vectors, np.float32), want)
+        paths = self.catalogue.paths({int(i) for i in ids.ravel() if i >= 0})
+        out = []
+        for row_d, row_i, skip in zip(dist, ids, exclude_ids, strict=True):
+            hits = []
+            for d, i in zip(row_d, row_i, strict=True):
+                i = int(i)
+                if i < 0 or i == skip or i not in paths:
+                    continue  # -1: fewer than k; not in paths: deleted by a later run
+                hits.append(Hit(len(hits) + 1, float(max(d, 0.0)) ** 0.5, paths[i], i))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
+
+    def close(self) -> None:
+        self.catalogue.close()
+
+
+def query(
+    searcher: Searcher,
+    model,
+    pre: data.Preprocess,
+    images: list[str],
+    k: int = 6,
+    include_self: bool = False,
+    max_megapixels: float = data.DEFAULT_MAX_MEGAPIXELS,
+    device: str = "cpu",
+) -> list[Result]:
+    """Embed each image and search. An unreadable query image gets an error, not a crash."""
+    from .extract import extract_one
+
+    if k < 1:
+        raise UserError("--k must be at least 1")
+    results, vecs, excl, slots = [], [], [], []
+    for img in images:
+        path = os.path.abspath(img)
+        res = Result(query=path)
+        results.append(res)
+        try:
+            vecs.append(extract_one(model, pre, path, max_megapixels, device))
+        except data.ImageError as e:
+            res.error = str(e)
+            continue
+        excl.append(None if include_self else searcher.catalogue.id_of(path))
+        slots.append(res)
+    if vecs:
+        for res, hits in zip(slots, searcher.search(np.stack(vecs), k, excl), strict=True):
+            res.hits = hits
+    return results
+
+
+def result_dicts(results: list[Result]) -> list[dict]:
+    return [
+        {
+            "query": r.query,
+            **({"error": r.error} if r.error else {}),
+            "neighbours": [
+                {"rank": h.rank, "distance": round(h.distance, 6), "path": h.path, "id": h.id}
+                for h in r.hits
+            ],
+        }
+        for r in results
+    ]
