@@ -141,6 +141,7 @@ def index(
     hidden: bool = typer.Option(False, "--hidden", help="Also walk hidden files and folders."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels", help="Refuse larger images."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    commit_every: int = typer.Option(256, "--commit-every", min=1, help="Files per commit."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Index photos: extract fc7 of every image into an index (incremental)."""
@@ -184,7 +185,8 @@ def index(
             max_megapixels=max_megapixels,
             wait=wait,
             progress=progress,
-            check_weights=weights_path is not None or bool(os.environ.get(WEIGHTS_ENV)),
+            check_weights=_weights_differ(weights_path, manifest),
+            commit_every=commit_every,
         )
     finally:
         if task is not None:
@@ -218,6 +220,16 @@ def index(
         out.print(table)
     for p, why in summary.skipped:
         err.print(f"skipped {p}: {why}", highlight=False)
+
+
+def _weights_differ(weights_path, manifest) -> bool:
+    """Were weights named that may differ from the index's? (Checked before trusting them.)"""
+    from . import store
+
+    named = weights_path or os.environ.get(WEIGHTS_ENV)
+    if not named or manifest is None:
+        return False
+    return store.weights_signature(named) != manifest["model"].get("weights_signature")
 
 
 def _parse_bytes(text: str | None) -> int | None:
@@ -300,6 +312,23 @@ def _draw_grid(results, path: Path) -> None:
     rows = [(r.query, [(h.path, h.distance) for h in r.hits]) for r in results if not r.error]
     img = viz.neighbour_grid(rows)
     atomic_write(path, lambda f: img.save(f, format="PNG"))
+
+
+# --------------------------------------------------------------------------- train, eval
+# `eval` is a group: `alexsearch eval --data DIR` (classification error, its callback) and
+# `alexsearch eval retrieval` (precision@k / mAP of an index).
+
+eval_app = typer.Typer(
+    invoke_without_command=True,
+    help="Classification error (--data) or retrieval precision (eval retrieval).",
+)
+app.add_typer(eval_app, name="eval")
+
+
+# --------------------------------------------------------------------------- codes
+
+
+# --------------------------------------------------------------------------- viz
 
 
 # --------------------------------------------------------------------------- info

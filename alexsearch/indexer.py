@@ -20,8 +20,6 @@ from pathlib import Path
 from . import imagefiles, store
 from .errors import UserError
 
-CHUNK = 256  # files per catalogue transaction
-
 
 @dataclass
 class Plan:
@@ -149,19 +147,24 @@ def run(
     wait: bool = False,
     progress: Callable | None = None,  # progress(done, total) during extraction
     check_weights: bool = False,  # weights were named explicitly: verify even if no work
+    commit_every: int = 256,  # files per catalogue transaction
 ) -> Summary:
     t0 = time.perf_counter()
     summary = Summary(index_dir=str(index_dir))
+    files, problems = walk(roots, exclude, hidden)  # bad paths fail before anything is made
+    model_info = None
+    if not (index_dir / "manifest.json").exists():
+        model_info = load_model()  # a new index: no folder is made without usable weights
     with store.write_lock(index_dir, wait=wait):
         manifest = store.read_manifest(index_dir)
-        files, problems = walk(roots, exclude, hidden)
         cat = store.Catalogue(index_dir / "catalogue.sqlite")
         try:
             work = plan(cat, roots, files, problems)
             summary.unchanged = work.unchanged
             summary.skipped = work.skipped
-            model_info = None
-            if work.new or work.changed or manifest is None or check_weights:
+            if model_info is None and (
+                work.new or work.changed or manifest is None or check_weights
+            ):
                 model_info = load_model()
                 _check_same_model(index_dir, manifest, model_info)
             summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
@@ -176,6 +179,7 @@ def run(
                     device,
                     max_megapixels,
                     progress,
+                    commit_every,
                 )
             changed = bool(to_extract or work.gone or summary.moved or manifest is None)
             if manifest is not None and kind != manifest.get("kind_requested", "flat"):
@@ -234,7 +238,9 @@ def _apply_moves_and_deletes(cat: store.Catalogue, work: Plan, summary: Summary)
     return moved, todo
 
 
-def _extract_into(cat, model_info, todo, summary, batch_size, workers, device, max_mp, progress):
+def _extract_into(
+    cat, model_info, todo, summary, batch_size, workers, device, max_mp, progress, commit_every
+):
     from .extract import extract
 
     model, pre, _, _, _ = model_info
@@ -250,7 +256,7 @@ def _extract_into(cat, model_info, todo, summary, batch_size, workers, device, m
                 summary.failed.append((r.path, r.reason))
         done += len(batch)
         pending += len(batch)
-        if pending >= CHUNK:
+        if pending >= commit_every:
             cat.commit()
             pending = 0
         if progress:
@@ -268,7 +274,12 @@ def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
             "format": store.FORMAT,
             "version": store.VERSION,
             "created": time.time(),
-            "model": {"fingerprint": fp, "weights": str(wpath), "layer": layer},
+            "model": {
+                "fingerprint": fp,
+                "weights": str(wpath),
+                "weights_signature": store.weights_signature(wpath),
+                "layer": layer,
+            },
             "dimension": 4096,
             "preprocess": {
                 "resize": pre.resize,

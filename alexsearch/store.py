@@ -207,6 +207,11 @@ def open_existing(index: str | os.PathLike | None) -> tuple[Path, dict]:
     """The index folder and its manifest, or a clear message saying how to make one."""
     d = resolve_dir(index)
     m = read_manifest(d) if d.is_dir() else None
+    if m is None and (d / "catalogue.sqlite").exists():
+        raise IndexError_(
+            f"the index at {d} is not complete yet (its first run was interrupted or is "
+            "still running): run `alexsearch index` on the same photos to finish it"
+        )
     if m is None:
         raise IndexError_(
             f"no index at {d}: build one with `alexsearch index PHOTOS"
@@ -304,6 +309,16 @@ def read_faiss(index_dir: Path, manifest: dict):
         raise IndexError_(
             f"{p}: unreadable vectors file ({str(e).splitlines()[0][:120]})"
         ) from None
+
+
+def weights_signature(path) -> list:
+    """(resolved path, size, mtime): the weights file an index was built with, unchanged."""
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return [str(p), -1, -1]
+    return [str(p), st.st_size, st.st_mtime_ns]
 
 
 def disk_bytes(index_dir: Path) -> int:

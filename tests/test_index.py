@@ -1,0 +1,268 @@
+"""`alexsearch index` / `query` / `info --index` through the CLI, as a user runs them."""
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexsearch import store
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+from make_shapes import make  # noqa: E402
+
+
+def cli(*args, env=None, check=True):
+    r = subprocess.run(
+        [sys.executable, "-m", "alexsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+    )
+    if check and r.returncode != 0:
+        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def one_line_error(r, text):
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and text in lines[0], r.stderr
+
+
+@pytest.fixture(scope="module")
+def env(init_ckpt):
+    e = dict(os.environ)
+    e["ALEXSEARCH_WEIGHTS"] = str(init_ckpt)
+    return e
+
+
+@pytest.fixture
+def photos(tmp_path):
+    make(tmp_path / "photos", per_class=3, seed=1)
+    return tmp_path / "photos"
+
+
+def index_json(env, *args):
+    return json.loads(cli("index", *args, "--json", "--workers", "1", env=env).stdout)
+
+
+def test_index_query_info(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    s = index_json(env, photos, "--index", ix)
+    assert s["added"] == 18 and s["total_ok"] == 18 and s["failed"] == [] and s["kind"] == "flat"
+    info = json.loads(cli("info", "--index", ix, "--json", env=env).stdout)
+    assert info["files"] == 18 and info["dimension"] == 4096 and info["bytes_on_disk"] > 18 * 4096
+
+    q = photos / "red_circles" / "000.jpg"
+    res = json.loads(cli("query", q, "--index", ix, "--k", "4", "--json", env=env).stdout)
+    hits = res[0]["neighbours"]
+    assert len(hits) == 4 and str(q) not in [h["path"] for h in hits]  # self excluded
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4]
+    assert all(a["distance"] <= b["distance"] for a, b in zip(hits, hits[1:], strict=False))
+    # the table shows the same neighbours in the same order
+    table = cli("query", q, "--index", ix, "--k", "4", env={**env, "COLUMNS": "400"}).stdout
+    lines = [ln for ln in table.splitlines() if ln.startswith("│")]
+    assert len(lines) == 4
+    for line, h in zip(lines, hits, strict=True):
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        assert cells == [str(h["rank"]), f"{h['distance']:.3f}", h["path"]]
+    # an image inside the index asked with --include-self finds itself at distance 0
+    me = json.loads(
+        cli("query", q, "--index", ix, "--k", "1", "--include-self", "--json", env=env).stdout
+    )
+    assert me[0]["neighbours"][0]["path"] == str(q) and me[0]["neighbours"][0]["distance"] < 1e-3
+
+
+def test_query_from_outside_the_index(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_json(env, photos, "--index", ix)
+    outside = tmp_path / "elsewhere.png"
+    Image.open(photos / "blue_squares" / "001.jpg").save(outside)
+    res = json.loads(cli("query", outside, "--index", ix, "--k", "3", "--json", env=env).stdout)
+    assert len(res[0]["neighbours"]) == 3
+    # a copy of an indexed photo lands on the original first
+    assert res[0]["neighbours"][0]["path"].endswith("blue_squares/001.jpg")
+
+
+def test_incremental_add_modify_delete_move_nothing(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_json(env, photos, "--index", ix)
+    db = sqlite3.connect(ix / "catalogue.sqlite")
+    moved_src = photos / "green_triangles" / "000.jpg"
+    old_id, old_vec = db.execute(
+        "SELECT id, vector FROM files WHERE path=?", (str(moved_src),)
+    ).fetchone()
+
+    s = index_json(env, photos, "--index", ix)
+    assert (s["added"], s["updated"], s["deleted"], s["moved"], s["unchanged"]) == (0, 0, 0, 0, 18)
+    assert s["extracted"] == 0
+
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(photos / "red_circles" / "new.png")  # add
+    Image.new("RGB", (70, 50), (250, 0, 0)).save(photos / "red_circles" / "001.jpg")  # modify
+    (photos / "blue_squares" / "002.jpg").unlink()  # delete
+    moved_dst = photos / "renamed_triangle.jpg"
+    os.rename(moved_src, moved_dst)  # move
+    s = index_json(env, photos, "--index", ix)
+    assert (s["added"], s["updated"], s["deleted"], s["moved"]) == (1, 1, 1, 1)
+    assert s["extracted"] == 2 and s["total_ok"] == 18
+    new_id, new_vec = db.execute(
+        "SELECT id, vector FROM files WHERE path=?", (str(moved_dst),)
+    ).fetchone()
+    assert new_id == old_id and new_vec == old_vec  # the vector was reused, not recomputed
+    paths = {p for (p,) in db.execute("SELECT path FROM files")}
+    assert str(photos / "blue_squares" / "002.jpg") not in paths
+    res = json.loads(cli("query", moved_dst, "--index", ix, "--json", env=env).stdout)
+    assert str(moved_dst) not in [h["path"] for h in res[0]["neighbours"]]  # known as itself
+
+
+def _png_header(w, h):
+    def chunk(kind, body):
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_every_bad_file_kind_is_reported_and_the_run_goes_on(env, tmp_path):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG")
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
+    (d / "text.jpg").write_text("not a picture")
+    (d / "bomb.png").write_bytes(_png_header(100_000, 100_000))
+    photo.convert("RGBA").save(d / "alpha.png")
+    photo.convert("L").save(d / "gray.jpg")
+    photo.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray((rng.integers(0, 65535, (60, 80))).astype(np.uint16)).save(d / "deep.png")
+    photo.save(d / "good.jpg")
+    ix = tmp_path / "ix"
+    s = index_json(env, d, "--index", ix)
+    failed = {os.path.basename(p): why for p, why in s["failed"]}
+    assert set(failed) == {"zero.jpg", "truncated.jpg", "text.jpg", "bomb.png"}
+    assert "empty" in failed["zero.jpg"] and "megapixel" in failed["bomb.png"]
+    assert "not a recognised image" in failed["text.jpg"]
+    assert s["total_ok"] == 5 and s["total_failed"] == 4
+    info = json.loads(cli("info", "--index", ix, "--json", env=env).stdout)
+    assert {os.path.basename(f["path"]) for f in info["failures"]} == set(failed)
+    table = cli("index", d, "--index", ix, env=env).stdout  # nothing changed: still listed
+    assert "unchanged" in table
+
+
+def test_fingerprint_mismatch_is_refused(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_json(env, photos, "--index", ix)
+    other = tmp_path / "other.ckpt"
+    cli("weights", "init", "--out", other, "--classes", "10", "--seed", "99")
+    r = cli(
+        "query",
+        photos / "red_circles" / "000.jpg",
+        "--index",
+        ix,
+        "--weights",
+        other,
+        env=env,
+        check=False,
+    )
+    one_line_error(r, "was built with weights")
+    manifest = json.loads((ix / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] in r.stderr and str(other) in r.stderr
+    r = cli("index", photos, "--index", ix, "--weights", other, env=env, check=False)
+    one_line_error(r, "was built with weights")
+
+
+def test_second_writer_stops_with_a_clear_message(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    index_json(env, photos, "--index", ix)
+    with store.write_lock(ix):
+        r = cli("index", photos, "--index", ix, env=env, check=False)
+    one_line_error(r, "is being written by another alexsearch process")
+    # and a query during the write still answers from the published snapshot
+    with store.write_lock(ix):
+        r = cli("query", photos / "red_circles" / "000.jpg", "--index", ix, "--json", env=env)
+    assert len(json.loads(r.stdout)[0]["neighbours"]) == 6
+
+
+def test_killed_run_leaves_an_index_that_answers_and_a_rerun_completes(env, tmp_path):
+    photos = tmp_path / "p"
+    make(photos / "a", per_class=2, seed=2)
+    ix = tmp_path / "ix"
+    index_json(env, photos, "--index", ix)
+    make(photos / "b", per_class=5, seed=3)  # 30 more files to index
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "alexsearch",
+            "index",
+            str(photos),
+            "--index",
+            str(ix),
+            "--batch-size",
+            "2",
+            "--commit-every",
+            "2",
+            "--workers",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = ix / "catalogue.sqlite"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        n = sqlite3.connect(db).execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        if n >= 12 + 4:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = sqlite3.connect(db).execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    assert 12 < committed < 42
+    res = json.loads(
+        cli(
+            "query", photos / "a" / "red_circles" / "000.jpg", "--index", ix, "--json", env=env
+        ).stdout
+    )
+    assert len(res[0]["neighbours"]) == 6  # the last published state answers
+    s = index_json(env, photos, "--index", ix)
+    assert s["extracted"] == 42 - committed and s["total_ok"] == 42
+
+
+def test_bad_paths_and_missing_index(env, tmp_path):
+    one_line_error(
+        cli("index", tmp_path / "nope", "--index", tmp_path / "ix", env=env, check=False),
+        "no such file",
+    )
+    one_line_error(
+        cli("query", tmp_path / "x.jpg", "--index", tmp_path / "none", env=env, check=False),
+        "no index at",
+    )
+    e = {k: v for k, v in env.items() if k != "ALEXSEARCH_WEIGHTS"}
+    (tmp_path / "d").mkdir()
+    one_line_error(
+        cli("index", tmp_path / "d", "--index", tmp_path / "ix", env=e, check=False),
+        "no weights given",
+    )
+    assert not (tmp_path / "ix").exists()
