@@ -84,12 +84,10 @@ def weights_init(
 # --------------------------------------------------------------------------- index, query
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        import torch
+def _device(name: str):
+    from .extract import resolve_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 def _load_model(weights_path, recorded: str | None = None, device: str = "cpu"):
@@ -156,7 +154,6 @@ def index(
     manifest = store.read_manifest(idx) if idx.is_dir() else None
     if manifest:
         recorded = manifest["model"].get("weights")
-    dev = _device(device)
     bar = _progress("indexing")
     task = None
     started = [0.0]
@@ -174,12 +171,13 @@ def index(
         summary = indexer.run(
             paths,
             idx,
-            lambda: _load_model(weights_path, recorded, dev),
+            # torch is imported only when a model is needed: a run with nothing to do is fast
+            lambda: _load_model(weights_path, recorded, _device(device)),
             kind=kind,
             max_memory=_parse_bytes(max_memory),
             batch_size=batch_size,
             workers=workers,
-            device=dev,
+            device=device,
             exclude=exclude,
             hidden=hidden,
             max_megapixels=max_megapixels,

@@ -69,6 +69,13 @@ def _collate(items):
     return items
 
 
+def resolve_device(name: str | torch.device) -> torch.device:
+    """`auto` takes the GPU when there is one."""
+    if str(name) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
@@ -85,7 +92,7 @@ def extract(
     """Yield one list of results per batch, in input order within the batch."""
     if not paths:
         return
-    device = torch.device(device)
+    device = resolve_device(device)
     workers = default_workers() if workers is None else workers
     loader = torch.utils.data.DataLoader(
         _Files(paths, pre, max_megapixels),

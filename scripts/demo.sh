@@ -10,3 +10,11 @@ $PY scripts/make_shapes.py demo/shapes --per-class 12
 echo "== an untrained, paper-initialised two-tower AlexNet"
 [ -f demo/init.ckpt ] || $AS weights init --out demo/init.ckpt --classes 6
 $AS info --weights demo/init.ckpt
+export ALEXSEARCH_WEIGHTS=demo/init.ckpt
+echo "== index the photos (incremental: a second run touches nothing)"
+$AS index demo/shapes --index demo/index
+$AS index demo/shapes --index demo/index
+echo "== which photos look like this one?"
+$AS query demo/shapes/red_circles/000.jpg demo/shapes/blue_squares/000.jpg \
+    --index demo/index --k 6 --grid demo/neighbours.png
+$AS info --index demo/index

@@ -266,3 +266,41 @@ def test_bad_paths_and_missing_index(env, tmp_path):
         "no weights given",
     )
     assert not (tmp_path / "ix").exists()
+
+
+def test_kinds_hnsw_and_too_small_for_ivf(env, photos, tmp_path):
+    ix = tmp_path / "ix"
+    s = index_json(env, photos, "--index", ix, "--kind", "hnsw")
+    assert s["kind"] == "hnsw" and json.loads((ix / "manifest.json").read_text())["kind"] == "hnsw"
+    q = photos / "red_circles" / "000.jpg"
+    res = json.loads(
+        cli("query", q, "--index", ix, "--k", "1", "--include-self", "--json", env=env).stdout
+    )
+    assert res[0]["neighbours"][0]["path"] == str(q)  # HNSW over 18 vectors is still exact
+    r = cli("index", photos, "--index", ix, "--kind", "ivfpq", env=env, check=False)
+    one_line_error(r, "needs more vectors to train on")
+    assert json.loads((ix / "manifest.json").read_text())["kind"] == "hnsw"  # old state kept
+
+
+def test_auto_kind_policy():
+    d = 4096
+    assert store.choose_kind("flat", 10**7, d, None) == "flat"  # an explicit kind is kept
+    assert store.choose_kind("auto", 1_000, d, None) == "flat"
+    assert store.choose_kind("auto", 30_000, d, None) == "flat"  # a 480 MB scan: still exact
+    assert store.choose_kind("auto", 100_000, d, None) == "ivfsq"  # 1.6 GB: compress
+    assert store.choose_kind("auto", 1_000_000, d, 100 * 1024**2) == "ivfpq"  # tight budget
+
+
+def test_ivf_kind_answers_like_exact_on_clustered_vectors(tmp_path):
+    """A compressed kind, built and read back as a query reads it (memory-mapped)."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((50, 512)).astype(np.float32) * 4
+    labels = rng.integers(0, 50, 30_000)
+    vecs = centres[labels] + rng.standard_normal((30_000, 512)).astype(np.float32)
+    ids = np.arange(100, 30_100, dtype=np.int64)
+    index = store.build_faiss("ivfsq", ids, vecs)
+    name = store.write_faiss(tmp_path, index, 1)
+    back = store.read_faiss(tmp_path, {"vectors_file": name})
+    _, got = back.search(vecs[:200], 5)
+    same = labels[got - 100] == labels[:200, None]
+    assert same.mean() > 0.95 and (got[:, 0] == ids[:200]).mean() > 0.9
