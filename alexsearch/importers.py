@@ -91,6 +91,7 @@ def import_file(
 def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = None):
     """bvlc_alexnet (V1 or V2 layout) -> Checkpoint with the CAFFE architecture."""
     path = Path(path)
+    mean_values = _caffe_mean(mean) if mean is not None else list(CAFFE_MEAN_BGR)
     net = caffemodel.read_net(path)
     layers = net.by_name()
     missing = [n for n in CAFFE_LAYERS if n not in layers]
@@ -125,7 +126,7 @@ def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = 
         input_size=arch.input_size,
         channel_order="BGR",
         scale=255.0,
-        mean=_caffe_mean(mean) if mean is not None else list(CAFFE_MEAN_BGR),
+        mean=mean_values,
     )
     meta = {
         "source": "Caffe bvlc_alexnet",
@@ -212,11 +213,34 @@ def import_torchvision(path: str | os.PathLike) -> Checkpoint:
 def imagenet_classes(num_classes: int) -> list[str]:
     """ILSVRC-2012's class names in the usual (synset) order for a 1000-class network, from
     torchvision; class_0.. otherwise."""
-    if num_classes == 1000:
-        from torchvision.models import AlexNet_Weights
+    if num_classes != 1000:
+        return [f"class_{i}" for i in range(num_classes)]
+    return _torchvision_categories()
 
-        return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
-    return [f"class_{i}" for i in range(num_classes)]
+
+def _torchvision_categories() -> list[str]:
+    """``AlexNet_Weights.IMAGENET1K_V1.meta["categories"]``, read without importing
+    torchvision when its list sits where it always has (torchvision/models/_meta.py):
+    importing torchvision takes seconds (it loads every model and op), this takes ms.
+    A test checks that both give the same list."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("torchvision")
+    try:
+        source = Path(spec.origin).parent.joinpath("models", "_meta.py").read_text("utf-8")
+        for node in ast.parse(source).body:
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", "") == "_IMAGENET_CATEGORIES" for t in node.targets
+            ):
+                names = ast.literal_eval(node.value)
+                if len(names) == 1000 and all(isinstance(n, str) for n in names):
+                    return list(names)
+    except (AttributeError, OSError, SyntaxError, TypeError, ValueError):
+        pass
+    from torchvision.models import AlexNet_Weights
+
+    return list(AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
 
 
 def read_labels(path: str | os.PathLike, num_classes: int) -> list[str]:
