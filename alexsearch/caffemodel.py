@@ -137,7 +137,8 @@ def _text(buf: memoryview, span: tuple[int, int]) -> str:
     return bytes(buf[span[0] : span[1]]).decode("utf-8", errors="replace")
 
 
-def _short(name: str) -> str:
+def short_name(name: str) -> str:
+    """A name from the file, fit for a one-line message (quoted, escaped, cut)."""
     return repr(name if len(name) <= 60 else name[:57] + "...")
 
 
@@ -249,7 +250,7 @@ def _read_layer(buf: memoryview, span, v1: bool, index: int, budget: list[int]) 
         if number == name_f:
             _expect(r, wire, BYTES, number, "layer name")
             name = _text(buf, value)
-            where = r.where = f"layer {index} {_short(name)}"
+            where = r.where = f"layer {index} {short_name(name)}"
         elif number == type_f:
             if v1:
                 _expect(r, wire, VARINT, number, "layer type")
@@ -320,7 +321,7 @@ def _read_net(buf: memoryview) -> Net:
     for layer in layers:
         if layer.blobs:
             if layer.name in seen:
-                raise CaffemodelError(f"two layers named {_short(layer.name)} hold weights")
+                raise CaffemodelError(f"two layers named {short_name(layer.name)} hold weights")
             seen.add(layer.name)
     return Net("V1" if v1 else "V2", name, layers)
 

@@ -96,7 +96,7 @@ def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = 
     layers = net.by_name()
     missing = [n for n in CAFFE_LAYERS if n not in layers]
     if missing:
-        have = ", ".join(list(layers)[:8]) or "none"
+        have = ", ".join(caffemodel.short_name(n) for n in list(layers)[:8]) or "none"
         raise WeightsError(
             f"{path}: not bvlc_alexnet: no weights for {', '.join(missing)} "
             f"(layers with weights: {have})"
@@ -112,7 +112,8 @@ def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = 
         layer = layers[name]
         kind = "Convolution" if name.startswith("conv") else "InnerProduct"
         if layer.type and layer.type != kind and not layer.type.startswith("V1 type"):
-            raise WeightsError(f"{path}: layer {name} is {layer.type}, expected {kind}")
+            what = caffemodel.short_name(layer.type)
+            raise WeightsError(f"{path}: layer {name} is {what}, expected {kind}")
         if len(layer.blobs) != 2:
             raise WeightsError(
                 f"{path}: layer {name} holds {len(layer.blobs)} blobs, expected weight and bias"
@@ -179,14 +180,16 @@ def import_torchvision(path: str | os.PathLike) -> Checkpoint:
         raise WeightsError(f"{path}: not a readable PyTorch file ({msg})") from None
     if isinstance(raw, dict) and raw.get("format") == FORMAT:
         raise WeightsError(f"{path}: already an alexsearch checkpoint; use it with --weights")
-    if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()
+    ):
         raise WeightsError(f"{path}: not a state dict (a mapping of names to tensors)")
     if raw and all(str(k).startswith("module.") for k in raw):  # saved from DataParallel
         raw = {k[len("module.") :]: v for k, v in raw.items()}
     unknown = sorted(k for k in raw if k.rsplit(".", 1)[0] not in TORCHVISION_LAYERS)
     if unknown:
         raise WeightsError(
-            f"{path}: not torchvision's alexnet: unexpected {', '.join(map(str, unknown[:3]))}"
+            f"{path}: not torchvision's alexnet: unexpected {', '.join(unknown[:3])!r}"
         )
     state = {}
     for key, value in raw.items():

@@ -255,7 +255,10 @@ def test_torchvision_state_dict_computes_what_torchvision_computes(
 def test_other_state_dicts(torchvision_file, tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
     r = run(capsys, "weights", "import", tmp_path / "resnet.pth", check=False)
-    one_line_error(r, "not torchvision's alexnet: unexpected bn1.bias")
+    one_line_error(r, "not torchvision's alexnet: unexpected 'bn1.bias")
+    torch.save({1: torch.zeros(1)}, tmp_path / "odd.pth")
+    r = run(capsys, "weights", "import", tmp_path / "odd.pth", check=False)
+    one_line_error(r, "not a state dict")
     # another number of classes is fine (fc8 says how many); zip format as torch saves today
     sd = torchvision_file[0].state_dict()
     sd["classifier.6.weight"], sd["classifier.6.bias"] = torch.ones(10, 4096), torch.zeros(10)
@@ -288,6 +291,8 @@ def small_params(**override):
         (lambda p: encode(bvlc_net(p, True))[:-7], ["not a readable caffemodel", "claims"]),
         (lambda p: b"name: 'AlexNet'\nlayer {\n", ["text prototxt"]),
         (lambda p: b"", ["empty file"]),
+        (lambda p: net([layer("evil\nname", "ReLU", [blob(p["fc8"][1])], True)], True),
+         ["no weights for conv1", "'evil\\nname'"]),
     ],
 )  # fmt: skip
 def test_bad_caffemodels_get_one_clear_line(tmp_path, make, fragments, capsys):
