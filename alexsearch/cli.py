@@ -81,6 +81,88 @@ def weights_init(
     )
 
 
+@weights_app.command("import")
+def weights_import(
+    file: Path = typer.Argument(..., help="A .caffemodel (V1 or V2) or torchvision .pth."),
+    out_path: Path = typer.Option(
+        None, "--out", help="Where to write the checkpoint [default: FILE with .ckpt]."
+    ),
+    mean: Path = typer.Option(None, "--mean", help="Caffe mean image (.binaryproto, BGR)."),
+    labels: Path = typer.Option(None, "--labels", help="Class names, one per line."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Import published weights (Caffe's bvlc_alexnet, torchvision's alexnet)."""
+    from . import importers, weights
+
+    target = out_path or importers.default_out(file)
+    if target.resolve() == file.resolve():
+        raise UserError(f"--out {target} is the file being imported; choose another path")
+    ckpt = importers.import_file(file, mean, labels)
+    weights.save(ckpt, target)
+    _report_weights(target, ckpt, as_json)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    name: str = typer.Argument(..., help="bvlc (Caffe's bvlc_alexnet) or torchvision."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Download published weights, verify the checksum, import, make them the default."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    from . import importers
+
+    if name not in importers.SOURCES:
+        raise UserError(f"unknown weights {name!r}; choose from {', '.join(importers.SOURCES)}")
+    source = importers.SOURCES[name]
+    bar = Progress(
+        TextColumn(f"downloading {source.filename}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+    task = None
+
+    def progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("download", total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        path, ckpt = importers.fetch(source, progress)
+    finally:
+        if task is not None:
+            bar.stop()
+    _report_weights(path, ckpt, as_json, default=True)
+
+
+def _report_weights(path: Path, ckpt, as_json: bool, default: bool = False) -> None:
+    desc = {"weights": str(path), **ckpt.describe()}
+    if default:
+        desc["default"] = True
+    if as_json:
+        print_json(desc)
+        return
+    rows = {k: desc[k] for k in ("architecture", "classes", "input_size", "channel_order")}
+    rows.update({k: v for k, v in ckpt.meta.items() if isinstance(v, str)})
+    rows["fingerprint"] = ckpt.fingerprint
+    out.print(kv_table(f"wrote {path}", rows))
+    if default:
+        out.print("now the default weights of `alexsearch index` and `alexsearch query`")
+
+
 # --------------------------------------------------------------------------- index, query
 
 

@@ -122,7 +122,10 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
     if path.is_dir():
         raise WeightsError(f"{path}: is a folder, not a weights file")
     if not zipfile.is_zipfile(path):
-        raise WeightsError(f"{path}: not a checkpoint (not a PyTorch zip archive)")
+        hint = ""
+        if path.suffix in (".caffemodel", ".pth", ".pt"):
+            hint = ": `alexsearch weights import` it first"
+        raise WeightsError(f"{path}: not a checkpoint (not a PyTorch zip archive){hint}")
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
     except pickle.UnpicklingError:
@@ -202,10 +205,11 @@ def resolve(explicit: str | os.PathLike | None, recorded: str | None = None) -> 
         return Path(os.environ[WEIGHTS_ENV])
     if recorded and Path(recorded).exists():
         return Path(recorded)
-    default = globals().get("default_weights_path")
-    found = default() if default else None
+    from .importers import default_weights_path  # importers builds on this module
+
+    found = default_weights_path()
     if found:
-        return Path(found)
+        return found
     raise WeightsError(
         "no weights given: pass --weights CKPT or set ALEXSEARCH_WEIGHTS; to get weights run "
         "`alexsearch weights fetch bvlc` (Caffe's published AlexNet), `alexsearch train`, or "

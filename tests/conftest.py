@@ -32,3 +32,16 @@ def shared_data(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not present (../shared/data is absent)")
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _own_data_dir(tmp_path_factory):
+    """Fetched default weights live under $ALEXSEARCH_HOME: keep the user's out of tests
+    (and tests' out of the user's), subprocesses included."""
+    old = os.environ.get("ALEXSEARCH_HOME")
+    os.environ["ALEXSEARCH_HOME"] = str(tmp_path_factory.mktemp("alexsearch_home"))
+    yield
+    if old is None:
+        os.environ.pop("ALEXSEARCH_HOME", None)
+    else:
+        os.environ["ALEXSEARCH_HOME"] = old

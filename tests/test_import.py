@@ -1,0 +1,422 @@
+"""Published weights: caffemodels (V1, V2) and torchvision state dicts imported through the
+CLI compute what Caffe and torchvision compute; fetch checks its bytes and fails fast."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from caffe_proto import (
+    BVLC_SHAPES,
+    blob,
+    bvlc_net,
+    bvlc_params,
+    encode,
+    layer,
+    ld,
+    net,
+    write,
+)
+
+from alexsearch import caffemodel, importers, weights
+from alexsearch.caffemodel import CaffemodelError
+from alexsearch.data import centre_crop
+from alexsearch.model import CAFFE, TORCHVISION
+
+CAFFE_MEAN = torch.tensor([104.007, 116.669, 122.679], dtype=torch.float64)  # B, G, R
+
+
+def cli(*args, env=None, check=True):
+    """The CLI in a fresh process (what a user runs)."""
+    r = subprocess.run(
+        [sys.executable, "-m", "alexsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def run(capsys, *args, check=True):
+    """The same CLI entry in this process: no second torch import, for the many cases."""
+    from alexsearch.cli import main
+
+    capsys.readouterr()
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    got = capsys.readouterr()
+    r = subprocess.CompletedProcess(args, code, got.out, got.err)
+    if check:
+        assert code == 0, got.err
+    return r
+
+
+def one_line_error(r, *fragments):
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def images():
+    """Two photos as our pipeline carries them: uint8 RGB 3x256x256."""
+    g = torch.Generator().manual_seed(7)
+    return torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8, generator=g)
+
+
+# --------------------------------------------------------------------------- Caffe
+
+
+def caffe_lrn(x, n=5, alpha=1e-4, beta=0.75, k=1.0):
+    """Caffe's LRN (ACROSS_CHANNELS): x / (k + alpha/n * sum over n channels of x^2)^beta."""
+    c = x.shape[1]
+    sq = F.pad(x * x, (0, 0, 0, 0, n // 2, n // 2))
+    window = sum(sq[:, i : i + c] for i in range(n))
+    return x / (k + alpha / n * window) ** beta
+
+
+def caffe_forward(params, bgr):
+    """bvlc_alexnet's deploy net, as Caffe runs it (float64): returns (fc7, fc8)."""
+    p = {
+        k: (torch.from_numpy(w).double(), torch.from_numpy(b).double())
+        for k, (w, b) in params.items()
+    }
+
+    def pool(x):
+        return F.max_pool2d(x, 3, 2, ceil_mode=True)  # Caffe rounds pooled sizes up
+
+    x = pool(caffe_lrn(F.relu(F.conv2d(bgr, *p["conv1"], stride=4))))
+    x = pool(caffe_lrn(F.relu(F.conv2d(x, *p["conv2"], padding=2, groups=2))))
+    x = F.relu(F.conv2d(x, *p["conv3"], padding=1))
+    x = F.relu(F.conv2d(x, *p["conv4"], padding=1, groups=2))
+    x = pool(F.relu(F.conv2d(x, *p["conv5"], padding=1, groups=2)))
+    x = F.relu(F.linear(x.flatten(1), *p["fc6"]))
+    fc7 = F.relu(F.linear(x, *p["fc7"]))
+    return fc7, F.linear(fc7, *p["fc8"])
+
+
+def caffe_input(u8, mean_bgr):
+    """Caffe's data layer: the 227 centre crop of the 256 image, BGR, minus the mean."""
+    o = (256 - 227) // 2
+    bgr = u8[:, [2, 1, 0], o : o + 227, o : o + 227].double()
+    if mean_bgr.ndim == 3:
+        mean_bgr = mean_bgr[:, o : o + 227, o : o + 227]
+    else:
+        mean_bgr = mean_bgr.view(3, 1, 1)
+    return bgr - mean_bgr
+
+
+def ours(ckpt, u8):
+    pre = ckpt.preprocess
+    x = pre.normalize(centre_crop(u8, pre.input_size))
+    model = ckpt.build()
+    with torch.no_grad():
+        fc7 = model.features(x)
+        return fc7, model.fc8(fc7)
+
+
+def assert_close(got, want):
+    got, want = got.double(), want.double()
+    scale = want.abs().max().item()
+    assert scale > 1.0  # the activations are not all zero: the comparison means something
+    assert (got - want).abs().max().item() <= 1e-4 * scale
+
+
+@pytest.fixture(scope="module")
+def params():
+    return bvlc_params(seed=0)
+
+
+@pytest.fixture(scope="module")
+def caffe_files(params, tmp_path_factory):
+    d = tmp_path_factory.mktemp("caffe")
+    write(d / "bvlc_v1.caffemodel", bvlc_net(params, v1=True))
+    write(d / "bvlc_v2.caffemodel", bvlc_net(params, v1=False))
+    return d
+
+
+def test_v1_caffemodel_computes_what_caffe_computes(caffe_files, params, images, tmp_path, capsys):
+    src = caffe_files / "bvlc_v1.caffemodel"
+    cli("weights", "import", src, "--out", tmp_path / "v1.ckpt")
+    ckpt = weights.load(tmp_path / "v1.ckpt")
+    assert ckpt.arch == CAFFE
+    pre = ckpt.preprocess
+    assert (pre.channel_order, pre.scale, pre.input_size) == ("BGR", 255.0, 227)
+    assert pre.mean == [104.007, 116.669, 122.679]  # B, G, R: Preprocess.mean is in BGR
+    assert ckpt.classes == list(torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"])
+    assert ckpt.classes[0] == "tench"
+    fc7, logits = ours(ckpt, images)
+    ref7, ref8 = caffe_forward(params, caffe_input(images, CAFFE_MEAN))
+    assert_close(fc7, ref7)
+    assert_close(logits, ref8)
+    assert (logits.argmax(1) == ref8.argmax(1)).all()
+
+    info = json.loads(run(capsys, "info", "--weights", tmp_path / "v1.ckpt", "--json").stdout)
+    assert info["architecture"] == "caffe-bvlc-alexnet" and info["towers"] == 2
+    assert info["source"] == "Caffe bvlc_alexnet" and "V1" in info["format"]
+    assert info["parameters"] == 60_965_224  # the paper's count
+
+
+def test_v2_caffemodel_with_mean_file_and_labels(caffe_files, params, images, tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    mean = rng.uniform(0, 255, (3, 256, 256)).astype(np.float32)  # BGR, as Caffe stores it
+    write(tmp_path / "mean.binaryproto", blob(mean))
+    names = [f"thing {i}" for i in range(1000)]
+    (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
+    src = caffe_files / "bvlc_v2.caffemodel"
+    run(
+        capsys, "weights", "import", src, "--out", tmp_path / "v2.ckpt",
+        "--mean", tmp_path / "mean.binaryproto", "--labels", tmp_path / "labels.txt",
+    )  # fmt: skip
+    ckpt = weights.load(tmp_path / "v2.ckpt")
+    assert ckpt.classes == names
+    assert ckpt.meta["format"] == "caffemodel (V2 layout)"
+    fc7, logits = ours(ckpt, images)
+    ref7, ref8 = caffe_forward(params, caffe_input(images, torch.from_numpy(mean).double()))
+    assert_close(fc7, ref7)
+    assert_close(logits, ref8)
+    # the mean image matters: with Caffe's per-channel mean the answer differs
+    other7, _ = caffe_forward(params, caffe_input(images, CAFFE_MEAN))
+    assert (other7 - fc7.double()).abs().max() > 1e-2 * other7.abs().max()
+
+
+def test_default_output_sits_beside_the_input_and_never_replaces_it(caffe_files, tmp_path, capsys):
+    assert importers.default_out(tmp_path / "a.caffemodel") == tmp_path / "a.ckpt"
+    assert importers.default_out(tmp_path / "a.ckpt") == tmp_path / "a.alexsearch.ckpt"
+    src = caffe_files / "bvlc_v1.caffemodel"
+    before = src.stat().st_size
+    r = run(capsys, "weights", "import", src, "--out", src, check=False)
+    one_line_error(r, "being imported")
+    assert src.stat().st_size == before
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+@pytest.fixture(scope="module")
+def torchvision_file(tmp_path_factory):
+    torch.manual_seed(5)
+    model = torchvision.models.alexnet(weights=None).eval()
+    path = tmp_path_factory.mktemp("tv") / "alexnet-owt-test.pth"
+    # the published file predates torch's zip format: write the legacy one
+    torch.save(model.state_dict(), path, _use_new_zipfile_serialization=False)
+    return model, path
+
+
+def test_torchvision_state_dict_computes_what_torchvision_computes(
+    torchvision_file, images, tmp_path, capsys
+):
+    model, src = torchvision_file
+    r = run(capsys, "weights", "import", src, "--out", tmp_path / "tv.ckpt", "--json")
+    assert json.loads(r.stdout)["architecture"] == "torchvision-alexnet"
+    ckpt = weights.load(tmp_path / "tv.ckpt")
+    assert ckpt.arch == TORCHVISION and ckpt.preprocess.input_size == 224
+    fc7, logits = ours(ckpt, images)
+    # torchvision's own pipeline: centre crop 224, to [0, 1], normalise with ImageNet's stats
+    x = centre_crop(images, 224).float() / 255
+    x = torchvision.transforms.functional.normalize(x, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    with torch.no_grad():
+        ref8 = model(x)
+        ref7 = model.classifier[:6](torch.flatten(model.avgpool(model.features(x)), 1))
+    assert_close(fc7 * 1e3, ref7 * 1e3)  # untrained torchvision init: small activations
+    assert_close(logits * 1e3, ref8 * 1e3)
+    assert len(ckpt.classes) == 1000 and ckpt.classes[-1] == "toilet tissue"
+    r = run(capsys, "weights", "import", tmp_path / "tv.ckpt", "--out", tmp_path / "x", check=False)
+    one_line_error(r, "already an alexsearch checkpoint; use it with --weights")
+    r = run(capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False)
+    one_line_error(r, "no such labels file")
+    (tmp_path / "l.txt").write_text("a\nb\n")
+    r = run(capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False)
+    one_line_error(r, "2 labels, but the network has 1000 classes")
+    r = run(capsys, "weights", "import", src, "--mean", tmp_path / "l.txt", check=False)
+    one_line_error(r, "--mean is for Caffe models")
+
+
+def test_other_state_dicts(torchvision_file, tmp_path, capsys):
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
+    r = run(capsys, "weights", "import", tmp_path / "resnet.pth", check=False)
+    one_line_error(r, "not torchvision's alexnet: unexpected 'bn1.bias")
+    torch.save({1: torch.zeros(1)}, tmp_path / "odd.pth")
+    r = run(capsys, "weights", "import", tmp_path / "odd.pth", check=False)
+    one_line_error(r, "not a state dict")
+    # another number of classes is fine (fc8 says how many); zip format as torch saves today
+    sd = torchvision_file[0].state_dict()
+    sd["classifier.6.weight"], sd["classifier.6.bias"] = torch.ones(10, 4096), torch.zeros(10)
+    torch.save(sd, tmp_path / "ten.pth")
+    ckpt = importers.import_file(tmp_path / "ten.pth")
+    assert ckpt.arch.num_classes == 10 and ckpt.classes[0] == "class_0"
+    assert torch.equal(ckpt.state_dict["conv5.weight"], sd["features.10.weight"])
+
+
+def test_class_names_are_torchvisions():
+    want = torchvision.models.AlexNet_Weights.IMAGENET1K_V1.meta["categories"]
+    assert importers.imagenet_classes(1000) == list(want)
+
+
+# --------------------------------------------------------------------------- bad caffemodels
+
+
+def small_params(**override):
+    shapes = {**BVLC_SHAPES, "fc6": (8, 9216), "fc7": (8, 8), "fc8": (3, 8)}
+    shapes.update(override)
+    return bvlc_params(1, shapes)
+
+
+@pytest.mark.parametrize(
+    "make, fragments",
+    [
+        (lambda p: bvlc_net({k: v for k, v in p.items() if k != "conv3"}, True),
+         ["no weights for conv3"]),
+        (lambda p: bvlc_net(p, True), ["fc6.weight has shape 1x1x8x9216, expected 4096x9216"]),
+        (lambda p: encode(bvlc_net(p, True))[:-7], ["not a readable caffemodel", "claims"]),
+        (lambda p: b"name: 'AlexNet'\nlayer {\n", ["text prototxt"]),
+        (lambda p: b"", ["empty file"]),
+        (lambda p: net([layer("evil\nname", "ReLU", [blob(p["fc8"][1])], True)], True),
+         ["no weights for conv1", "'evil\\nname'"]),
+    ],
+)  # fmt: skip
+def test_bad_caffemodels_get_one_clear_line(tmp_path, make, fragments, capsys):
+    data = make(small_params())
+    path = tmp_path / "bad.caffemodel"
+    write(path, data if isinstance(data, list) else [data])
+    r = run(capsys, "weights", "import", path, check=False)
+    one_line_error(r, str(path), *fragments)
+    assert not (tmp_path / "bad.ckpt").exists()
+
+
+def test_shapes_are_checked_before_anything_is_copied(tmp_path):
+    # conv2 with ungrouped shapes (256x96x5x5): a different network, named in the message
+    p = small_params()
+    p["conv2"] = bvlc_params(2, {"conv2": (256, 96, 5, 5)})["conv2"]
+    write(tmp_path / "ungrouped.caffemodel", bvlc_net(p, v1=False))
+    with pytest.raises(weights.WeightsError, match=r"conv2.weight has shape 256x96x5x5, expected"):
+        importers.import_caffemodel(tmp_path / "ungrouped.caffemodel")
+
+
+def test_reader_handles_unpacked_and_double_data_and_checks_counts():
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    unpacked = layer("a", "InnerProduct", [blob(w, legacy=False, packed=False)], v1=False)
+    # BlobShape (2,) with double_data [8] = (0.5, 1.5), packed
+    doubles = ld(7, ld(1, b"\x02")) + ld(8, np.array([0.5, 1.5], "<f8").tobytes())
+    n = caffemodel.read_net(encode(net([unpacked, layer("b", "Data", [doubles], v1=False)], False)))
+    assert n.layout == "V2" and [la.name for la in n.layers] == ["a", "b"]
+    assert np.array_equal(n.layers[0].blobs[0].array(), w)
+    assert n.layers[0].blobs[0].shape == (2, 3)
+    assert np.array_equal(n.layers[1].blobs[0].array(), [0.5, 1.5])
+    short = layer("c", "InnerProduct", [blob(w, legacy=False, shape=(2, 4))], v1=False)
+    with pytest.raises(CaffemodelError, match=r"blob holds 6 values but its shape 2x4 needs 8"):
+        caffemodel.read_net(encode(net([short], False)))
+
+
+def test_mean_file_must_be_3x256x256(tmp_path):
+    write(tmp_path / "m.binaryproto", blob(np.zeros((3, 224, 224), np.float32)))
+    with pytest.raises(weights.WeightsError, match=r"mean image has shape 1x3x224x224"):
+        importers.import_caffemodel(tmp_path / "nothing.caffemodel", tmp_path / "m.binaryproto")
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over tmp_path/served; yields its base URL."""
+    root = tmp_path / "served"
+    root.mkdir()
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_Quiet, directory=str(root))
+    )
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_fetch_offline_fails_at_once_naming_the_url_and_the_place(tmp_path, capsys):
+    url = f"http://127.0.0.1:{closed_port()}/bvlc_alexnet.caffemodel"
+    env = {"ALEXSEARCH_HOME": str(tmp_path / "home"), "ALEXSEARCH_FETCH_URL_BVLC": url}
+    r = cli("weights", "fetch", "bvlc", env=env, check=False)
+    want = str(tmp_path / "home" / "downloads" / "bvlc_alexnet.caffemodel")
+    one_line_error(r, f"cannot download {url}", want, "weights fetch bvlc", "weights import")
+    assert list((tmp_path / "home" / "downloads").iterdir()) == []
+    r = run(capsys, "weights", "fetch", "alexnet2", check=False)
+    one_line_error(r, "choose from bvlc, torchvision")
+
+
+def test_fetch_refuses_a_wrong_checksum_and_keeps_nothing(tmp_path, server, capsys, monkeypatch):
+    root, base = server
+    (root / "bvlc_alexnet.caffemodel").write_bytes(b"not the published file" * 1000)
+    monkeypatch.setenv("ALEXSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ALEXSEARCH_FETCH_URL_BVLC", f"{base}/bvlc_alexnet.caffemodel")
+    r = run(capsys, "weights", "fetch", "bvlc", check=False)
+    one_line_error(r, "refused", "9116a64c0fbe4459d18f4bb6b56d647b63920377", "nothing was kept")
+    assert list((tmp_path / "home").rglob("*")) == [tmp_path / "home" / "downloads"]
+
+
+def test_fetch_downloads_verifies_imports_and_becomes_the_default(
+    tmp_path, server, torchvision_file, monkeypatch
+):
+    import hashlib
+
+    root, base = server
+    _, pth = torchvision_file
+    (root / "alexnet.pth").symlink_to(pth)
+    digest = hashlib.sha256(pth.read_bytes()).hexdigest()
+    src = importers.Source("tvtest", f"{base}/alexnet.pth", "sha256", digest[:8], "a.pth", "test")
+    monkeypatch.setenv("ALEXSEARCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("ALEXSEARCH_WEIGHTS", raising=False)
+    with pytest.raises(weights.WeightsError, match="no weights given"):
+        weights.resolve(None)
+    seen = []
+    path, ckpt = importers.fetch(src, lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (pth.stat().st_size, pth.stat().st_size)
+    assert path == tmp_path / "home" / "weights" / "tvtest.ckpt"
+    assert weights.load(path).fingerprint == ckpt.fingerprint
+    assert ckpt.meta["sha256"] == digest[:8]
+    # the default of index and query, after --weights, $ALEXSEARCH_WEIGHTS and an index's own
+    assert weights.resolve(None) == path.resolve()
+    assert weights.resolve(tmp_path / "x.ckpt") == tmp_path / "x.ckpt"
+    assert weights.resolve(None, recorded=str(pth)) == pth
+    monkeypatch.setenv("ALEXSEARCH_WEIGHTS", str(tmp_path / "env.ckpt"))
+    assert weights.resolve(None) == tmp_path / "env.ckpt"
+    # fetching again uses the verified download already there: no network needed
+    (root / "alexnet.pth").unlink()
+    again, _ = importers.fetch(src)
+    assert again == path
+    # a damaged download is refused, not imported
+    (tmp_path / "home" / "downloads" / "a.pth").write_bytes(b"junk")
+    with pytest.raises(weights.WeightsError, match="delete it and fetch again"):
+        importers.fetch(src)
