@@ -412,7 +412,9 @@ def viz_tsne(
         2500, "--max-images", min=1, help="Thumbnail map: at most this many (a random sample)."
     ),
     size: int = typer.Option(900, "--size", min=200, max=8000, help="Scatter size in pixels."),
-    threads: int = typer.Option(None, "--threads", min=1, help="[default: all cores]"),
+    threads: int = typer.Option(
+        None, "--threads", min=1, help="[default: 1 below 2,000 images, else all cores]"
+    ),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Also print the 2-D positions."),
 ) -> None:

@@ -228,7 +228,8 @@ def neighbour_grid(
             else:
                 first = f"{c}. d = {dist:.3f}"
             d.text((x, y + tile + 4), first, fill=INK, font=fb)
-            name = _fit_text(d, os.path.basename(path), f, tile)
+            parts = Path(path).parts[-2:]  # the folder tells 000.jpg from 000.jpg
+            name = _fit_text(d, "/".join(parts), f, tile)
             d.text((x, y + tile + 19), name, fill=MUTED, font=f)
     return img
 
@@ -269,7 +270,9 @@ def tsne_2d(
     n = len(x)
     if n < 4:
         raise UserError(f"t-SNE needs at least 4 images; the index has {n}")
-    threads = threads or os.cpu_count() or 1
+    # Small sets: one thread. Per-iteration thread barriers cost more than the work below a
+    # few thousand points, and far more on a busy machine (72 points: 1 s vs 28 s, 2 threads).
+    threads = threads or (1 if n < 2000 else os.cpu_count() or 1)
     perp = _perplexity(n, perplexity)
     report = progress or (lambda *a: None)
     if method == "opentsne":
@@ -540,33 +543,36 @@ def _frame(d, ax: _Axes, xticks, yticks, ylabels, title, f) -> None:
     d.text(((x0 + x1) / 2 - 18, y1 + 24), "epoch", fill=MUTED, font=f)
 
 
-def _polyline(d, pts, fill, dashed: bool, width: int = 2) -> None:
-    if len(pts) == 1 or len(pts) <= 60:
+def _polyline(d, pts, fill, dashed: bool, width: int = 2, dash: float = 6.0) -> None:
+    """A line through pts (dots at each point when there are few); dashes run on along the
+    whole path, so many short segments still read as dashed."""
+    if len(pts) <= 60:
         for px, py in pts:
             d.ellipse((px - 3, py - 3, px + 3, py + 3), fill=fill)
+    if not dashed:
+        if len(pts) > 1:
+            d.line(pts, fill=fill, width=width, joint="curve")
+        return
+    walked = 0.0  # path length so far: on while (walked // dash) is even
     for (ax_, ay), (bx, by) in zip(pts, pts[1:], strict=False):
-        if not dashed:
-            d.line((ax_, ay, bx, by), fill=fill, width=width)
-            continue
         length = math.hypot(bx - ax_, by - ay)
-        steps = max(1, int(length // 6))
-        for s in range(0, steps, 2):
-            t0, t1 = s / steps, min(1.0, (s + 1) / steps)
-            d.line(
-                (
-                    ax_ + (bx - ax_) * t0,
-                    ay + (by - ay) * t0,
-                    ax_ + (bx - ax_) * t1,
-                    ay + (by - ay) * t1,
-                ),
-                fill=fill,
-                width=width,
-            )
+        t = 0.0
+        while t < length:
+            step = min(dash - walked % dash, length - t)
+            if int(walked // dash) % 2 == 0:
+                f0, f1 = t / length, (t + step) / length
+                d.line(
+                    (ax_ + (bx - ax_) * f0, ay + (by - ay) * f0, ax_ + (bx - ax_) * f1,
+                     ay + (by - ay) * f1),
+                    fill=fill, width=width,
+                )  # fmt: skip
+            t += step
+            walked += step
 
 
 def curves(rows: list[dict], title: str = "") -> Image.Image:
     """Two panels over epochs: top-1/top-5 error (train dashed, val solid, in %) and the
-    learning rate on a log scale. Missing values leave gaps in their series only."""
+    learning rate on a log scale. A missing value is skipped in its own series only."""
     f = font(12)
     w, h = 1100, 460
     img = Image.new("RGB", (w, h), WHITE)
@@ -611,7 +617,7 @@ def curves(rows: list[dict], title: str = "") -> Image.Image:
         hi = 10 ** math.ceil(math.log10(max(v for _, v in lrs)))
         if hi <= lo:
             hi = lo * 10
-        ax2.y = (lo, hi)
+        ax2.y = (lo / 10**0.06, hi * 10**0.06)  # keep the line off the frame
         decades = [10.0**k for k in range(round(math.log10(lo)), round(math.log10(hi)) + 1)]
         _frame(d, ax2, xticks, decades, [f"{t:g}" for t in decades], "learning rate (log)", f)
         _polyline(d, [ax2.px(e, v) for e, v in lrs], PALETTE[2], False)
