@@ -302,10 +302,15 @@ def tsne_2d(
     if method == "sklearn":
         from sklearn.manifold import TSNE
 
+        from threadpoolctl import threadpool_limits
+
         report("optimising", 0, 1)
-        y = TSNE(
-            perplexity=perp, init="pca", learning_rate="auto", n_jobs=threads, random_state=seed
-        ).fit_transform(np.asarray(x, np.float32))
+        # n_jobs covers only the neighbour search; the gradient runs on OpenMP's own threads
+        with threadpool_limits(threads):
+            y = TSNE(
+                perplexity=perp, init="pca", learning_rate="auto", n_jobs=threads,
+                random_state=seed,
+            ).fit_transform(np.asarray(x, np.float32))  # fmt: skip
         report("optimising", 1, 1)
         return np.asarray(y, np.float64)
     raise UserError(f"unknown t-SNE method {method!r}; choose from {', '.join(TSNE_METHODS)}")

@@ -10,3 +10,10 @@ $PY scripts/make_shapes.py demo/shapes --per-class 12
 echo "== an untrained, paper-initialised two-tower AlexNet"
 [ -f demo/init.ckpt ] || $AS weights init --out demo/init.ckpt --classes 6
 $AS info --weights demo/init.ckpt
+
+# ---- viz (issue 7): the paper's Fig. 3 and a t-SNE map of a small index
+echo "== pictures: conv1 kernels (Fig. 3) and a t-SNE map, in demo/"
+$AS viz kernels --weights demo/init.ckpt --out demo/kernels.png
+[ -f demo/index/manifest.json ] || $AS index demo/shapes --index demo/index --weights demo/init.ckpt
+$AS viz tsne --index demo/index --out demo/tsne.png
+$AS viz tsne --index demo/index --out demo/tsne-thumbnails.png --thumbnails
