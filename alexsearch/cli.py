@@ -433,24 +433,29 @@ def viz_tsne(
         SpinnerColumn(),
         TextColumn("t-SNE {task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} iterations"),
+        TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(),
         console=err,
         transient=True,
     )
-    task = bar.add_task("loading", total=None)
+    task = bar.add_task("loading", total=None, count="")
 
-    def progress(stage, done, total):
-        bar.update(task, description=stage, completed=done, total=total if done else None)
+    def progress(stage, done, total):  # no count yet: a spinner; then a bar of iterations
+        count = f"{done}/{total} iterations" if done else ""
+        bar.update(
+            task, description=stage, completed=done, total=total if done else None, count=count
+        )
 
     with bar:
         m = viz.index_tsne(index_dir, method, threads, seed, progress)
     t_embed = time.perf_counter() - t0
     where = str(index_dir or "indexes/default")
+    shown = len(m.paths)
     if thumbnails:
         keep = np.arange(len(m.paths))
         if len(keep) > max_images:
             keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_images, False))
+            shown = len(keep)
         with err.status("placing thumbnails"):
             img = viz.thumbnail_map(
                 m.coords[keep], [m.paths[i] for i in keep], [m.thumbs[i] for i in keep], tile
@@ -468,8 +473,9 @@ def viz_tsne(
         )
     else:
         out.print(
-            f"{len(m.paths)} images, {len(set(m.labels))} folders, t-SNE ({method}) "
-            f"{t_embed:.1f} s, total {time.perf_counter() - t0:.1f} s",
+            f"{len(m.paths)} images{f' ({shown} drawn)' if shown < len(m.paths) else ''}, "
+            f"{len(set(m.labels))} folders, "
+            f"t-SNE ({method}) {t_embed:.1f} s, total {time.perf_counter() - t0:.1f} s",
             highlight=False,
         )
 

@@ -269,13 +269,14 @@ def tsne_2d(
     (openTSNE only; scikit-learn gives no callback, so it reports start and end)."""
     n = len(x)
     if n < 4:
-        raise UserError(f"t-SNE needs at least 4 images; the index has {n}")
+        raise UserError(f"t-SNE needs at least 4 images; got {n}")
     # Small sets: one thread. Per-iteration thread barriers cost more than the work below a
     # few thousand points, and far more on a busy machine (72 points: 1 s vs 28 s, 2 threads).
     threads = threads or (1 if n < 2000 else os.cpu_count() or 1)
     perp = _perplexity(n, perplexity)
     report = progress or (lambda *a: None)
     if method == "opentsne":
+        report("affinities", 0, 0)  # the import alone takes seconds
         from openTSNE import TSNE
 
         ee, it, every = 250, 500, 10
@@ -286,7 +287,6 @@ def tsne_2d(
             report("optimising", min(done[0], ee + it), ee + it)
             return False
 
-        report("affinities", 0, ee + it)
         emb = TSNE(
             perplexity=perp,
             early_exaggeration_iter=ee,
@@ -301,7 +301,6 @@ def tsne_2d(
         return np.asarray(emb, np.float64)
     if method == "sklearn":
         from sklearn.manifold import TSNE
-
         from threadpoolctl import threadpool_limits
 
         report("optimising", 0, 1)
