@@ -238,7 +238,7 @@ def neighbour_grid(
 
 
 TSNE_METHODS = ("opentsne", "sklearn")
-DEFAULT_TSNE = "opentsne"  # 2x faster than scikit-learn at 10k points (bench/tsne.py)
+DEFAULT_TSNE = "opentsne"  # 2-6x faster than scikit-learn at 10k points (bench/tsne.py)
 
 
 def pca50(x: np.ndarray, seed: int = 0) -> np.ndarray:
