@@ -18,3 +18,9 @@ echo "== which photos look like this one?"
 $AS query demo/shapes/red_circles/000.jpg demo/shapes/blue_squares/000.jpg \
     --index demo/index --k 6 --grid demo/neighbours.png
 $AS info --index demo/index
+
+# ---- viz (issue 7): the paper's Fig. 3 and a t-SNE map of a small index
+echo "== pictures: conv1 kernels (Fig. 3) and a t-SNE map, in demo/"
+$AS viz kernels --weights demo/init.ckpt --out demo/kernels.png
+$AS viz tsne --index demo/index --out demo/tsne.png
+$AS viz tsne --index demo/index --out demo/tsne-thumbnails.png --thumbnails
