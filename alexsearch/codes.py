@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +111,7 @@ class Coder:
         vecs = np.asarray(vecs, np.float32).reshape(-1, self.dim)
         out = np.empty((len(vecs), self.bits), np.uint8)
         self.net.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), _one_thread():
             for s in range(0, len(vecs), ENCODE_BATCH):
                 z = self.net["encoder"](self._inputs(vecs[s : s + ENCODE_BATCH]))
                 out[s : s + ENCODE_BATCH] = (z > 0).numpy()
@@ -176,6 +177,21 @@ def load(path: Path, fingerprint: str | None = None) -> Coder:
     return coder
 
 
+@contextmanager
+def _one_thread():
+    """Run torch on one thread: the autoencoder's matrices are small (batch x 512), so
+    a second thread gains little, and on a shared, busy CPU OpenMP threads waiting for
+    each other made training ~10x slower in our measurements."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _pca(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     """The first k principal directions (k, dim) of centred x, orthonormal rows."""
     import torch
@@ -200,7 +216,6 @@ def train(
     progress: Callable | None = None,  # progress(epoch, epochs, error) after each epoch
 ) -> Coder:
     """Train an autoencoder on fc7 vectors (n, dim) with Adam on mini-batches, on the CPU."""
-    import torch
 
     check_bits(bits)
     vecs = np.asarray(vecs, np.float32)
@@ -208,6 +223,13 @@ def train(
         raise CodesError(f"an autoencoder needs at least 2 vectors to train on, not {len(vecs)}")
     if epochs < 1:
         raise CodesError("--epochs must be at least 1")
+    with _one_thread():
+        return _train(vecs, bits, epochs, fingerprint, batch_size, lr, seed, progress)
+
+
+def _train(vecs, bits, epochs, fingerprint, batch_size, lr, seed, progress) -> Coder:
+    import torch
+
     rng = np.random.default_rng(seed)
     if len(vecs) > MAX_TRAIN:
         vecs = vecs[np.sort(rng.choice(len(vecs), MAX_TRAIN, replace=False))]
