@@ -307,11 +307,15 @@ def binary_kind(n: int) -> str:
 
 
 def signatures(vecs: np.ndarray) -> np.ndarray:
-    """A cheap fingerprint per vector (a fixed random projection): a changed file's new
-    vector gets a new signature, so only it is re-encoded. A spurious difference only
-    costs a re-encode."""
-    r = np.random.default_rng(1234).standard_normal(vecs.shape[1]).astype(np.float32)
-    return np.asarray(vecs, np.float32) @ r
+    """A 64-bit fingerprint per vector: its float bits times fixed random odd numbers,
+    summed mod 2**64 (integer arithmetic, so exact whatever the batch). A changed file's
+    new vector gets a new signature, so only it is re-encoded."""
+    v = np.ascontiguousarray(vecs, np.float32).view(np.uint32)
+    r = np.random.default_rng(1234).integers(0, 2**63, v.shape[1], dtype=np.uint64) | 1
+    out = np.empty(len(v), np.uint64)
+    for s in range(0, len(v), 4096):  # bounded temporaries
+        out[s : s + 4096] = (v[s : s + 4096].astype(np.uint64) * r).sum(1, dtype=np.uint64)
+    return out
 
 
 # --------------------------------------------------------------------------- on disk
@@ -441,7 +445,7 @@ def refresh(index_dir: Path, entry: dict, ids: np.ndarray, vecs: np.ndarray, gen
     """Keep codes in step after an indexing run (called before the manifest is published):
     keep the codes of unchanged vectors, encode new and changed ones with the saved
     autoencoder, drop deleted ones. Returns the new manifest entry."""
-    sig = signatures(vecs) if len(vecs) else np.zeros(0, np.float32)
+    sig = signatures(vecs)
     try:
         with np.load(index_dir / entry["codes_file"]) as old:
             old_ids, old_codes, old_sig = old["ids"], old["codes"], old["sig"]
