@@ -349,7 +349,7 @@ def codes(
         None, "--index", help="Index folder [default: indexes/default]."
     ),
     bits: int = typer.Option(256, "--bits", help="Code length (a multiple of 8)."),
-    epochs: int = typer.Option(30, "--epochs", min=1, help="Training epochs."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
     seed: int = typer.Option(0, "--seed", help="Random seed (init, batches, noise)."),
     autoencoder: Path = typer.Option(
         None, "--autoencoder", help="Use this saved autoencoder instead of training one."
@@ -416,7 +416,7 @@ def eval_retrieval(
     binary: bool = typer.Option(
         False, "--binary", help="Add 32-, 64- and 256-bit code rows (autoencoders trained here)."
     ),
-    epochs: int = typer.Option(None, "--epochs", min=1, help="Autoencoder epochs [30]."),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Autoencoder epochs [50]."),
     rerank: int = typer.Option(
         0, "--rerank", min=0, help="With --binary: add a row re-ranking the top N by fc7 L2."
     ),

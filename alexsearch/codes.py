@@ -44,7 +44,7 @@ FORMAT = "alexsearch-autoencoder"
 PCA_DIM = 512
 HIDDEN = (512, 512)
 DEFAULT_BITS = 256
-DEFAULT_EPOCHS = 30
+DEFAULT_EPOCHS = 50
 NOISE = 4.0  # std of the noise before the code units once fully ramped up
 MAX_TRAIN = 50_000  # vectors trained on (a sample); all are encoded
 FLAT_MAX = 2_000_000  # exact Hamming search up to here; binary IVF beyond
@@ -336,8 +336,8 @@ def _write_codes(index_dir: Path, gen: int, ids, packed, sig, bits: int) -> tupl
     return npz, fname
 
 
-def _remove(index_dir: Path, old: dict | None, new: dict | None) -> None:
-    """Delete the files of an older codes entry that the new one no longer names."""
+def remove_stale(index_dir: Path, old: dict | None, new: dict | None) -> None:
+    """After the manifest naming `new` is published, delete what only `old` named."""
     if not old:
         return
     keep = {new.get(k) for k in ("autoencoder", "codes_file", "index_file")} if new else set()
@@ -425,7 +425,7 @@ def build(
         store.write_manifest(
             index_dir, {**manifest, "generation": gen, "codes": entry, "updated": time.time()}
         )
-        _remove(index_dir, old, entry)
+        remove_stale(index_dir, old, entry)
     return BuildSummary(
         index_dir=str(index_dir),
         bits=coder.bits,
@@ -475,11 +475,6 @@ def refresh(index_dir: Path, entry: dict, ids: np.ndarray, vecs: np.ndarray, gen
     }
 
 
-def remove_stale(index_dir: Path, old: dict | None, new: dict | None) -> None:
-    """After the manifest naming `new` is published, delete what only `old` named."""
-    _remove(index_dir, old, new)
-
-
 def open_codes(index_dir: Path, manifest: dict):
     """(coder, FAISS binary index) of a published manifest, or a clear message."""
     import faiss
@@ -499,8 +494,21 @@ def open_codes(index_dir: Path, manifest: dict):
 
 
 def hamming_knn(index, packed: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(distances int32 bit counts, ids) of the k nearest codes per row."""
+    """(distances int32 bit counts, ids) of the k nearest codes per row.
+
+    A few queries run on one thread: a scan of 1M codes takes milliseconds, and on a
+    busy 2-core machine two OpenMP threads made it ~10x slower (bench/codes.py)."""
+    import faiss
+
     k = min(k, index.ntotal)
     if k == 0:
         return np.zeros((len(packed), 0), np.int32), np.zeros((len(packed), 0), np.int64)
-    return index.search(np.ascontiguousarray(packed, np.uint8), k)
+    packed = np.ascontiguousarray(packed, np.uint8)
+    if len(packed) > 8:
+        return index.search(packed, k)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(packed, k)
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -11,7 +11,7 @@
    batch: FAISS IndexBinaryFlat (what `query --binary` uses) beside a numpy baseline
    (XOR + np.bitwise_count + argpartition) measured in the same run.
 
-    python bench/codes.py [--per-class 300] [--epochs 30] [--n-codes 1000000] [--threads 1,2]
+    python bench/codes.py [--per-class 300] [--epochs 50] [--n-codes 1000000] [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -96,10 +96,12 @@ def speed(n: int, bits: int, nq: int, thread_counts: list[int]) -> None:
         d_all, _ = index.search(qs, k)
         batch = (time.perf_counter() - t) / nq
         print(
-            f"  FAISS IndexBinaryFlat, {threads} thread(s), one query at a time: {one * 1e3:8.2f} ms"
+            f"  FAISS IndexBinaryFlat, {threads} thread(s), one query at a time: "
+            f"{one * 1e3:8.2f} ms"
         )
         print(
-            f"  FAISS IndexBinaryFlat, {threads} thread(s), batch of {nq}:        {batch * 1e3:8.2f} ms"
+            f"  FAISS IndexBinaryFlat, {threads} thread(s), batch of {nq}:        "
+            f"{batch * 1e3:8.2f} ms"
         )
 
     db64 = db.view(np.uint64)
@@ -124,7 +126,7 @@ def main() -> None:
     ap.add_argument("--weights", type=Path)
     ap.add_argument("--index", type=Path, help="Use this labelled index instead of CIFAR-10.")
     ap.add_argument("--work", type=Path, default=Path("/tmp/alexsearch-bench-codes"))
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--rerank", type=int, default=100)
     ap.add_argument("--n-codes", type=int, default=1_000_000)
     ap.add_argument("--queries", type=int, default=100)
