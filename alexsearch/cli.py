@@ -338,12 +338,22 @@ def query(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
     grid: Path = typer.Option(None, "--grid", help="Also draw query + neighbours to this PNG."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels"),
+    binary: bool = typer.Option(
+        False, "--binary", help="Hamming k-NN over binary codes (alexsearch codes)."
+    ),
+    rerank: int = typer.Option(
+        0, "--rerank", min=0, help="Re-rank a Hamming shortlist of N by exact fc7 distance."
+    ),
 ) -> None:
     """Find the k indexed photos that look most like each query image."""
     from . import search
 
+    if rerank and rerank < k:
+        raise UserError(f"--rerank {rerank} must be at least --k {k}")
     searcher = search.Searcher(index_dir)
     try:
+        if binary or rerank:
+            searcher.open_codes()  # before the model: no codes -> say so at once
         recorded = searcher.manifest["model"].get("weights")
         model, pre, fp, wpath, _ = _load_model(weights_path, recorded, _device(device))
         searcher.check_model(fp, wpath)
@@ -356,6 +366,8 @@ def query(
             include_self,
             max_megapixels,
             _device(device),
+            binary=binary,
+            rerank=rerank,
         )
     finally:
         searcher.close()
@@ -369,8 +381,11 @@ def query(
             table.add_column("rank", justify="right")
             table.add_column("distance", justify="right")
             table.add_column("path")
+            if binary and not rerank:
+                table.columns[1].header = "Hamming bits"
             for h in r.hits:
-                table.add_row(str(h.rank), f"{h.distance:.3f}", h.path)
+                dist = str(h.distance) if isinstance(h.distance, int) else f"{h.distance:.3f}"
+                table.add_row(str(h.rank), dist, h.path)
             if r.error:
                 err.print(f"[red]error:[/red] {r.query}: {r.error}", highlight=False)
             else:
@@ -406,6 +421,140 @@ app.add_typer(eval_app, name="eval")
 
 
 # --------------------------------------------------------------------------- codes
+
+
+@app.command()
+def codes(
+    index_dir: Path = typer.Option(
+        None, "--index", help="Index folder [default: indexes/default]."
+    ),
+    bits: int = typer.Option(256, "--bits", help="Code length (a multiple of 8)."),
+    epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (init, batches, noise)."),
+    autoencoder: Path = typer.Option(
+        None, "--autoencoder", help="Use this saved autoencoder instead of training one."
+    ),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Binary codes: train the paper's deep autoencoder on the index's fc7 vectors, encode
+    every vector, and build a Hamming index (query --binary / --rerank use it)."""
+    import time
+
+    from . import codes as codes_
+
+    bar = _progress("autoencoder")
+    task = None
+    started = time.perf_counter()
+
+    def progress(epoch, total, error):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("train", total=total, rate="")
+        rate = epoch / max(time.perf_counter() - started, 1e-9)
+        bar.update(task, completed=epoch, rate=f"{rate:.2f} epoch/s, error {error:.4f}")
+
+    try:
+        summary = codes_.build(index_dir, bits, epochs, seed, autoencoder, wait, progress)
+    finally:
+        if task is not None:
+            bar.stop()
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(summary))
+        return
+    errs = summary.reconstruction_error
+    rows = {
+        "index": summary.index_dir,
+        "codes": f"{summary.bits} bits = {summary.bytes_per_image} bytes per image (fc7: 16384)",
+        "encoded": summary.encoded,
+        "binary index": summary.kind,
+        "autoencoder": summary.autoencoder,
+        "features of": summary.fingerprint,
+        "time": f"{summary.seconds:.1f} s ({summary.train_seconds:.1f} s training)",
+    }
+    out.print(kv_table("codes", rows))
+    if errs:
+        table = Table(
+            title="reconstruction error from the binary codes (fraction of fc7 variance)",
+            title_justify="left",
+        )
+        table.add_column("epoch", justify="right")
+        table.add_column("error", justify="right")
+        for i, e in enumerate(errs, 1):
+            table.add_row(str(i), f"{e:.4f}")
+        out.print(table)
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    index_dir: Path = typer.Option(
+        None, "--index", help="Index folder [default: indexes/default]."
+    ),
+    binary: bool = typer.Option(
+        False, "--binary", help="Add 32-, 64- and 256-bit code rows (autoencoders trained here)."
+    ),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Autoencoder epochs [50]."),
+    rerank: int = typer.Option(
+        0, "--rerank", min=0, help="With --binary: add a row re-ranking the top N by fc7 L2."
+    ),
+    max_queries: int = typer.Option(
+        5000, "--max-queries", min=1, help="Sample this many query files when there are more."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for the query sample and autoencoders."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+) -> None:
+    """Leave-one-out precision@1/6/10 and mAP of an index, parent folder as label, beside
+    a pixel-space baseline (L2 between 32x32 thumbnails)."""
+    from . import evaluate
+
+    bar = _progress("training")
+    tasks = {}
+
+    def progress(label, done, total):
+        if not tasks:
+            bar.start()
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total, rate=label)
+        bar.update(tasks[label], completed=done)
+
+    try:
+        res = evaluate.retrieval(
+            index_dir,
+            binary,
+            epochs=epochs,
+            rerank=rerank,
+            max_queries=max_queries,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        if tasks:
+            bar.stop()
+    if as_json:
+        print_json(res)
+        return
+    sample = f", a sample of {res['queries']}" if res["sampled"] else ""
+    table = Table(
+        title=f"retrieval, leave-one-out: {res['files']} files, {res['labels']} labels "
+        f"(parent folders), {res['queries']} queries{sample}",
+        title_justify="left",
+    )
+    table.add_column("method")
+    table.add_column("bytes/image", justify="right")
+    for k in ("precision@1", "precision@6", "precision@10", "mAP"):
+        table.add_column(k, justify="right")
+    for r in res["rows"]:
+        table.add_row(
+            r["method"],
+            str(r["bytes_per_image"]),
+            *(f"{r[k]:.3f}" for k in ("precision@1", "precision@6", "precision@10", "mAP")),
+        )
+    out.print(table)
+    if res["left_out_single"]:
+        err.print(f"{res['left_out_single']} files alone in their folder were not queried")
 
 
 # --------------------------------------------------------------------------- viz

@@ -296,6 +296,11 @@ def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
     old = manifest.get("vectors_file")
     name = store.write_faiss(index_dir, index, gen)
     ok, failed = cat.count()
+    old_codes = manifest.get("codes")
+    if old_codes:  # keep the binary codes in step (see codes.py)
+        from . import codes
+
+        manifest = {**manifest, "codes": codes.refresh(index_dir, old_codes, ids, vecs, gen)}
     manifest = {
         **manifest,
         "kind": chosen,
@@ -306,6 +311,8 @@ def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
         "updated": time.time(),
     }
     store.write_manifest(index_dir, manifest)
+    if old_codes:
+        codes.remove_stale(index_dir, old_codes, manifest["codes"])
     if old and old != name:
         try:  # readers that opened the old manifest a moment ago may still read it: harmless
             (index_dir / old).unlink()

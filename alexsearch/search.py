@@ -83,6 +83,52 @@ class Searcher:
             out.append(hits)
         return out
 
+    # -- binary codes (alexsearch codes): Hamming k-NN, optionally re-ranked by exact fc7
+
+    def open_codes(self) -> None:
+        """Load the autoencoder and binary index the manifest names (clear line if none)."""
+        from . import codes
+
+        for _ in range(3):  # a writer may publish new codes while we open them
+            try:
+                self.coder, self.binary = codes.open_codes(self.dir, self.manifest)
+                return
+            except codes.CodesError:
+                fresh = store.read_manifest(self.dir)
+                if fresh is None or fresh.get("codes") == self.manifest.get("codes"):
+                    raise
+                self.manifest = fresh
+
+    def search_codes(
+        self, vectors: np.ndarray, k: int, exclude_ids=None, rerank: int = 0
+    ) -> list[list[Hit]]:
+        """k nearest by Hamming distance between codes (bit counts); with rerank=N, a
+        Hamming shortlist of N re-ranked by exact L2 between fc7 vectors (the catalogue's)."""
+        from . import codes
+
+        if rerank and rerank < k:
+            raise UserError(f"--rerank {rerank} must be at least --k {k}")
+        exclude_ids = exclude_ids or [None] * len(vectors)
+        extra = 1 if any(e is not None for e in exclude_ids) else 0
+        packed = self.coder.encode(np.asarray(vectors, np.float32))
+        dist, ids = codes.hamming_knn(self.binary, packed, max(k, rerank) + extra)
+        paths = self.catalogue.paths({int(i) for i in ids.ravel() if i >= 0})
+        out = []
+        for vec, row_d, row_i, skip in zip(vectors, dist, ids, exclude_ids, strict=True):
+            cands = [
+                (float(d), int(i))
+                for d, i in zip(row_d, row_i, strict=True)
+                if i >= 0 and int(i) != skip and int(i) in paths
+            ]
+            if rerank:
+                cands = cands[:rerank]
+                exact = [float(np.linalg.norm(self.catalogue.vector_of(i) - vec)) for _, i in cands]
+                cands = sorted(zip(exact, (i for _, i in cands), strict=True))
+            else:
+                cands = [(int(d), i) for d, i in cands]  # Hamming: whole bits
+            out.append([Hit(r + 1, d, paths[i], i) for r, (d, i) in enumerate(cands[:k])])
+        return out
+
     def close(self) -> None:
         self.catalogue.close()
 
@@ -96,8 +142,13 @@ def query(
     include_self: bool = False,
     max_megapixels: float = data.DEFAULT_MAX_MEGAPIXELS,
     device: str = "cpu",
+    binary: bool = False,
+    rerank: int = 0,
 ) -> list[Result]:
-    """Embed each image and search. An unreadable query image gets an error, not a crash."""
+    """Embed each image and search. An unreadable query image gets an error, not a crash.
+
+    binary: Hamming k-NN over the codes; rerank=N: a Hamming shortlist of N re-ranked by
+    exact fc7 distance (call searcher.open_codes() first for either)."""
     from .extract import extract_one
 
     if k < 1:
@@ -115,7 +166,11 @@ def query(
         excl.append(None if include_self else searcher.catalogue.id_of(path))
         slots.append(res)
     if vecs:
-        for res, hits in zip(slots, searcher.search(np.stack(vecs), k, excl), strict=True):
+        if binary or rerank:
+            found = searcher.search_codes(np.stack(vecs), k, excl, rerank)
+        else:
+            found = searcher.search(np.stack(vecs), k, excl)
+        for res, hits in zip(slots, found, strict=True):
             res.hits = hits
     return results
 
