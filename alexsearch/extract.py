@@ -76,8 +76,15 @@ def resolve_device(name: str | torch.device) -> torch.device:
     return torch.device(name)
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
+def default_workers(device: torch.device) -> int:
+    """Decode processes. A GPU needs them all to stay busy; on a CPU the network's own
+    threads use every core, and decoding (~3 ms a photo against ~15 ms of forward) is
+    cheaper done between batches than fought for: on 2 cores, 0 workers index ~1.3x
+    faster than 2 (bench/index_throughput.py)."""
+    cores = os.cpu_count() or 1
+    if device.type == "cuda":
+        return min(8, cores)
+    return 0 if cores <= 2 else min(4, cores // 4)
 
 
 def extract(
@@ -93,7 +100,7 @@ def extract(
     if not paths:
         return
     device = resolve_device(device)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device) if workers is None else workers
     loader = torch.utils.data.DataLoader(
         _Files(paths, pre, max_megapixels),
         batch_size=batch_size,
