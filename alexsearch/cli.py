@@ -213,7 +213,7 @@ def index(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int = typer.Option(
-        None, "--workers", min=0, help="Decode processes [default: all cores on a GPU; 0 on a 2-core CPU]."
+        None, "--workers", min=0, help="Decode processes [default: by device and cores]."
     ),
     kind: str = typer.Option("flat", help="FAISS kind: flat (exact), hnsw, ivfpq, ivfsq, auto."),
     max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
