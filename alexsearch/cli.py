@@ -383,6 +383,14 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(1)
+    except OSError as e:  # the environment, not a bug: full disk, read-only, permissions
+        from .atomic import describe_os_error
+
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(
+            f"[red]error:[/red] {where}{describe_os_error(e)}", highlight=False, soft_wrap=True
+        )
+        sys.exit(1)
     except Exception as e:
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # click's usage errors
             e.show()

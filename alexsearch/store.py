@@ -92,6 +92,8 @@ class Catalogue:
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(SCHEMA)
                 self.db.commit()
+        except sqlite3.OperationalError as e:  # full disk, read-only folder, cannot open
+            raise IndexError_(f"{path}: cannot use the catalogue ({e})") from None
         except sqlite3.DatabaseError as e:
             raise IndexError_(
                 f"{path}: catalogue is not a readable SQLite database ({e})"
@@ -154,26 +156,44 @@ class Catalogue:
     def put(self, path, size, mtime_ns, digest, vector, thumb, reason="") -> None:
         status = "ok" if vector is not None else "failed"
         blob = None if vector is None else np.ascontiguousarray(vector, np.float32).tobytes()
-        self.db.execute(
-            "INSERT INTO files (path, size, mtime_ns, digest, status, reason, vector, thumb,"
-            " indexed_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
-            " size=excluded.size, mtime_ns=excluded.mtime_ns, digest=excluded.digest,"
-            " status=excluded.status, reason=excluded.reason, vector=excluded.vector,"
-            " thumb=excluded.thumb, indexed_at=excluded.indexed_at",
-            (path, size, mtime_ns, digest, status, reason, blob, thumb or None, time.time()),
-        )
+        with _writing(self.path):
+            self.db.execute(
+                "INSERT INTO files (path, size, mtime_ns, digest, status, reason, vector, thumb,"
+                " indexed_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
+                " size=excluded.size, mtime_ns=excluded.mtime_ns, digest=excluded.digest,"
+                " status=excluded.status, reason=excluded.reason, vector=excluded.vector,"
+                " thumb=excluded.thumb, indexed_at=excluded.indexed_at",
+                (path, size, mtime_ns, digest, status, reason, blob, thumb or None, time.time()),
+            )
 
     def move(self, file_id: int, new_path: str, size: int, mtime_ns: int) -> None:
-        self.db.execute(
-            "UPDATE files SET path=?, size=?, mtime_ns=? WHERE id=?",
-            (new_path, size, mtime_ns, file_id),
-        )
+        with _writing(self.path):
+            self.db.execute(
+                "UPDATE files SET path=?, size=?, mtime_ns=? WHERE id=?",
+                (new_path, size, mtime_ns, file_id),
+            )
 
     def delete(self, file_ids) -> None:
-        self.db.executemany("DELETE FROM files WHERE id=?", [(int(i),) for i in file_ids])
+        with _writing(self.path):
+            self.db.executemany("DELETE FROM files WHERE id=?", [(int(i),) for i in file_ids])
 
     def commit(self) -> None:
-        self.db.commit()
+        with _writing(self.path):
+            self.db.commit()
+
+
+@contextmanager
+def _writing(path: Path):
+    """A catalogue write that fails (full disk, read-only) is one line naming the file.
+
+    SQLite rolls the open transaction back, so the catalogue keeps its last commit.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise IndexError_(
+            f"cannot write {path} ({e}); it keeps the files committed before"
+        ) from None
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -239,9 +259,20 @@ def write_lock(index_dir: Path, wait: bool = False):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _sweep_temporaries(index_dir)
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def _sweep_temporaries(index_dir: Path) -> None:
+    """Remove what a killed writer's atomic writes left (`.NAME.*.tmp`); only a writer
+    makes them, and we hold the lock, so none of them is in use."""
+    for p in index_dir.glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- FAISS
