@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,7 @@ class Catalogue:
         self.path = path
         try:
             if readonly:
-                uri = f"file:{path}?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, timeout=30)
+                self.db = _open_readonly(path)
             else:
                 self.db = sqlite3.connect(path, timeout=30)
                 self.db.execute("PRAGMA journal_mode=WAL")
@@ -93,7 +93,7 @@ class Catalogue:
                 self.db.executescript(SCHEMA)
                 self.db.commit()
         except sqlite3.OperationalError as e:  # full disk, read-only folder, cannot open
-            raise IndexError_(f"{path}: cannot use the catalogue ({e})") from None
+            raise IndexError_(f"{path}: cannot use the catalogue ({_why(path, e)})") from None
         except sqlite3.DatabaseError as e:
             raise IndexError_(
                 f"{path}: catalogue is not a readable SQLite database ({e})"
@@ -182,6 +182,24 @@ class Catalogue:
             self.db.commit()
 
 
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also on read-only media, where SQLite cannot make the
+    shared-memory file a WAL database needs: nobody can change the file there, so it is
+    read as immutable. (The path is quoted: '?' or '#' in a folder name would cut it.)"""
+    uri = f"file:{urllib.parse.quote(str(path))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens lazily
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        if not path.exists() or not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            raise
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30)
+    db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    return db
+
+
 @contextmanager
 def _writing(path: Path):
     """A catalogue write that fails (full disk, read-only) is one line naming the file.
@@ -192,8 +210,20 @@ def _writing(path: Path):
         yield
     except sqlite3.OperationalError as e:
         raise IndexError_(
-            f"cannot write {path} ({e}); it keeps the files committed before"
+            f"cannot write {path} ({_why(path, e)}); it keeps the files committed before"
         ) from None
+
+
+def _why(path: Path, e: sqlite3.Error) -> str:
+    """SQLite reports a full disk as 'disk I/O error' when its shared memory file cannot
+    grow; say what the user can act on."""
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 256 * 1024:
+            return f"no space left on device: {e}"
+    except OSError:
+        pass
+    return str(e)
 
 
 def _is_under(path: str, root: str) -> bool:

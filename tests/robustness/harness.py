@@ -297,16 +297,25 @@ def count_rows(catalogue: Path) -> int:
         db.close()
 
 
+def rows_since(catalogue: Path, since: float) -> int:
+    """Rows committed (inserted or rewritten) at or after `since` (time.time())."""
+    if not catalogue.exists():
+        return 0
+    db = sqlite3.connect(f"file:{catalogue}?mode=ro", uri=True, timeout=30)
+    try:
+        q = "SELECT COUNT(*) FROM files WHERE indexed_at >= ?"
+        return db.execute(q, (since,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
 def kill_when(
-    child: Child,
-    rng: random.Random,
-    catalogue: Path,
-    rows_now: int,
-    rows_total: int,
-    max_delay: float = 2.5,
+    child: Child, rng: random.Random, catalogue: Path, since: float, todo: int, max_delay: float
 ) -> str:
     """kill -9 the child at a seeded moment: after a random delay (up to max_delay s), or
-    once a random number of further rows is committed. Returns the moment chosen."""
+    once a random number (1..todo) of rows is committed by it. Returns the moment chosen."""
     if rng.random() < 0.5:
         delay = rng.uniform(0.0, max_delay)
         end = time.monotonic() + delay
@@ -314,8 +323,8 @@ def kill_when(
             time.sleep(0.01)
         moment = f"after {delay:.2f} s"
     else:
-        target = rng.randint(rows_now + 1, max(rows_now + 1, rows_total))
-        while not child.exited() and count_rows(catalogue) < target:
+        target = rng.randint(1, max(1, todo))
+        while not child.exited() and rows_since(catalogue, since) < target:
             time.sleep(0.01)
         moment = f"at {target} committed rows"
     child.kill()

@@ -139,9 +139,10 @@ def run_chain(fs, env, ix, tree_root, model, expected, rng, trials):
                 tree_root, tree, rng, expected
             )  # give the next run work to be killed in
         before = rows_of(ix) if (ix / "catalogue.sqlite").exists() else {}
+        todo = sum(1 for p, v in tree.items() if p not in before or before[p][:2] != v)
+        since = time.time()
         child = fs.start("index", tree_root, "--index", ix, *INDEX_OPTS, env=env)
-        cat = ix / "catalogue.sqlite"
-        moment = kill_when(child, rng, cat, count_rows(cat), total, max_delay)
+        moment = kill_when(child, rng, ix / "catalogue.sqlite", since, todo, max_delay)
         r = child.wait()
         FIGURES["kill_trials_mid_run"] += r.returncode == -9
         assert r.returncode in (0, -9), (moment, r.stderr)
