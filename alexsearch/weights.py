@@ -165,8 +165,10 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         )
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch
+        # refusing an impossible architecture (negative or zero sizes) while sizing it
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {msg})") from None
 
 
 def _check_archive(path: Path) -> None:

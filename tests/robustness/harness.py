@@ -557,13 +557,13 @@ def bad_checkpoints(root: Path, marker: Path, seed: int = 0, flips: int = 12) ->
     exp["zip_pickle_code.ckpt"] = "pickled"
 
     def shape_mismatch(p):
-        p["state_dict"]["classifier.fc8.weight"] = torch.zeros(7, 32)
+        p["state_dict"]["fc8.weight"] = torch.zeros(7, 32)
 
     def wrong_config(p):
         p["arch"]["fc_units"] = [64, 64]
 
     def nan_weights(p):
-        p["state_dict"]["classifier.fc7.weight"][0, 0] = float("nan")
+        p["state_dict"]["fc7.weight"][0, 0] = float("nan")
 
     def int_weights(p):
         k = next(iter(p["state_dict"]))
