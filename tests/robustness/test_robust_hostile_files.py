@@ -103,7 +103,7 @@ def test_bad_checkpoints_are_refused_in_one_line_and_never_run_code(fs, env, tmp
     assert not marker.exists()
 
 
-def test_unicode_normalisation_of_names_is_kept(env, tiny_ckpt, tmp_path):
+def test_unicode_normalisation_of_names_is_kept(fs, env, tiny_ckpt, tmp_path):
     """The same name in NFC and NFD is two files on Linux: both are indexed, neither lost."""
     from harness import photo_bytes
 
@@ -113,7 +113,7 @@ def test_unicode_normalisation_of_names_is_kept(env, tiny_ckpt, tmp_path):
     for form in ("NFC", "NFD"):
         (d / unicodedata.normalize(form, "café.jpg")).write_bytes(photo_bytes("JPEG", 1))
     FIGURES["bad_images"] += 2
-    s = cli("index", d, "--index", tmp_path / "ix", "--json", "--workers", "0", env=env)
+    s = fs.run("index", d, "--index", tmp_path / "ix", "--json", "--workers", "0", env=env)
     assert ok(s).json()["total_ok"] == 2
 
 
