@@ -72,6 +72,7 @@ def test_decode_of_mutated_images_raises_only_image_error(case):
 def test_extraction_worker_reports_instead_of_raising(tmp_path_factory, case):
     """The indexer's per-file step turns any bad file into a reason, never an exception."""
     _, raw = case
+    FIGURES["fuzzed_images"] += 1
     p = tmp_path_factory.mktemp("fz") / "f.jpg"
     p.write_bytes(raw)
     ds = extract._Files([str(p)], data.Preprocess(), MAX_MP)
