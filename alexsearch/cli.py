@@ -761,7 +761,10 @@ def info(
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning expected failures into one line."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit(n).
+        code = app(args=argv, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -772,6 +775,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except typer.Abort:
         err.print("aborted")
+        sys.exit(1)
+    except OSError as e:  # the environment, not a bug: full disk, read-only, permissions
+        from .atomic import describe_os_error
+
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(
+            f"[red]error:[/red] {where}{describe_os_error(e)}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)
     except Exception as e:
         if hasattr(e, "show") and hasattr(e, "exit_code"):  # click's usage errors

@@ -113,6 +113,9 @@ def decode(
         if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:
             raise ImageError("empty file")
         with warnings.catch_warnings():
+            # A damaged file's complaints ("Tag data larger than file") are not the user's
+            # business beyond the one reason we report; a bomb warning becomes an error.
+            warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
             w, h = img.size

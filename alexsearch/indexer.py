@@ -269,7 +269,7 @@ def _extract_into(
 def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
     """Build the FAISS snapshot from the catalogue and publish it with a new manifest."""
     if manifest is None:
-        _, pre, fp, wpath, layer = model_info
+        model, pre, fp, wpath, layer = model_info
         manifest = {
             "format": store.FORMAT,
             "version": store.VERSION,
@@ -280,7 +280,7 @@ def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
                 "weights_signature": store.weights_signature(wpath),
                 "layer": layer,
             },
-            "dimension": 4096,
+            "dimension": int(model.cfg.fc_units[-1]),  # fc7's width: 4096 in the paper
             "preprocess": {
                 "resize": pre.resize,
                 "crop": f"centre {pre.input_size}",

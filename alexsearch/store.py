@@ -25,6 +25,7 @@ import json
 import os
 import sqlite3
 import time
+import urllib.parse
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,14 +85,15 @@ class Catalogue:
         self.path = path
         try:
             if readonly:
-                uri = f"file:{path}?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, timeout=30)
+                self.db = _open_readonly(path)
             else:
                 self.db = sqlite3.connect(path, timeout=30)
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self.db.executescript(SCHEMA)
                 self.db.commit()
+        except sqlite3.OperationalError as e:  # full disk, read-only folder, cannot open
+            raise IndexError_(f"{path}: cannot use the catalogue ({_why(path, e)})") from None
         except sqlite3.DatabaseError as e:
             raise IndexError_(
                 f"{path}: catalogue is not a readable SQLite database ({e})"
@@ -154,26 +156,74 @@ class Catalogue:
     def put(self, path, size, mtime_ns, digest, vector, thumb, reason="") -> None:
         status = "ok" if vector is not None else "failed"
         blob = None if vector is None else np.ascontiguousarray(vector, np.float32).tobytes()
-        self.db.execute(
-            "INSERT INTO files (path, size, mtime_ns, digest, status, reason, vector, thumb,"
-            " indexed_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
-            " size=excluded.size, mtime_ns=excluded.mtime_ns, digest=excluded.digest,"
-            " status=excluded.status, reason=excluded.reason, vector=excluded.vector,"
-            " thumb=excluded.thumb, indexed_at=excluded.indexed_at",
-            (path, size, mtime_ns, digest, status, reason, blob, thumb or None, time.time()),
-        )
+        with _writing(self.path):
+            self.db.execute(
+                "INSERT INTO files (path, size, mtime_ns, digest, status, reason, vector, thumb,"
+                " indexed_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
+                " size=excluded.size, mtime_ns=excluded.mtime_ns, digest=excluded.digest,"
+                " status=excluded.status, reason=excluded.reason, vector=excluded.vector,"
+                " thumb=excluded.thumb, indexed_at=excluded.indexed_at",
+                (path, size, mtime_ns, digest, status, reason, blob, thumb or None, time.time()),
+            )
 
     def move(self, file_id: int, new_path: str, size: int, mtime_ns: int) -> None:
-        self.db.execute(
-            "UPDATE files SET path=?, size=?, mtime_ns=? WHERE id=?",
-            (new_path, size, mtime_ns, file_id),
-        )
+        with _writing(self.path):
+            self.db.execute(
+                "UPDATE files SET path=?, size=?, mtime_ns=? WHERE id=?",
+                (new_path, size, mtime_ns, file_id),
+            )
 
     def delete(self, file_ids) -> None:
-        self.db.executemany("DELETE FROM files WHERE id=?", [(int(i),) for i in file_ids])
+        with _writing(self.path):
+            self.db.executemany("DELETE FROM files WHERE id=?", [(int(i),) for i in file_ids])
 
     def commit(self) -> None:
-        self.db.commit()
+        with _writing(self.path):
+            self.db.commit()
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also on read-only media, where SQLite cannot make the
+    shared-memory file a WAL database needs: nobody can change the file there, so it is
+    read as immutable. (The path is quoted: '?' or '#' in a folder name would cut it.)"""
+    uri = f"file:{urllib.parse.quote(str(path))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens lazily
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        if not path.exists() or not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            raise
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30)
+    db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    return db
+
+
+@contextmanager
+def _writing(path: Path):
+    """A catalogue write that fails (full disk, read-only) is one line naming the file.
+
+    SQLite rolls the open transaction back, so the catalogue keeps its last commit.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise IndexError_(
+            f"cannot write {path} ({_why(path, e)}); it keeps the files committed before"
+        ) from None
+
+
+def _why(path: Path, e: sqlite3.Error) -> str:
+    """SQLite reports a full disk as 'disk I/O error' when its shared memory file cannot
+    grow; say what the user can act on."""
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 256 * 1024:
+            return f"no space left on device: {e}"
+    except OSError:
+        pass
+    return str(e)
 
 
 def _is_under(path: str, root: str) -> bool:
@@ -239,9 +289,20 @@ def write_lock(index_dir: Path, wait: bool = False):
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _sweep_temporaries(index_dir)
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def _sweep_temporaries(index_dir: Path) -> None:
+    """Remove what a killed writer's atomic writes left (`.NAME.*.tmp`); only a writer
+    makes them, and we hold the lock, so none of them is in use."""
+    for p in index_dir.glob(".*.tmp"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- FAISS

@@ -93,6 +93,10 @@ def check_fits(arch: ArchConfig, state_dict: dict[str, torch.Tensor]) -> None:
             )
         if not state_dict[key].is_floating_point():
             raise WeightsError(f"{key} is {state_dict[key].dtype}, not floating point")
+        if not bool(torch.isfinite(state_dict[key]).all()):
+            raise WeightsError(
+                f"{key} holds NaN or infinite values (a diverged training run or a damaged file)"
+            )
 
 
 def save(ckpt: Checkpoint, path: str | os.PathLike) -> str:
@@ -126,6 +130,7 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         if path.suffix in (".caffemodel", ".pth", ".pt"):
             hint = ": `alexsearch weights import` it first"
         raise WeightsError(f"{path}: not a checkpoint (not a PyTorch zip archive){hint}")
+    _check_archive(path)
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
     except pickle.UnpicklingError:
@@ -163,8 +168,29 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         )
     except WeightsError as e:
         raise WeightsError(f"{path}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {e})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch
+        # refusing an impossible architecture (negative or zero sizes) while sizing it
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {msg})") from None
+
+
+def _check_archive(path: Path) -> None:
+    """Verify the zip's checksums, which torch.load skips: a flipped bit in a tensor would
+    otherwise load silently (under the fingerprint of the undamaged file)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.compress_type != zipfile.ZIP_STORED:  # torch.save never compresses
+                    raise WeightsError(f"{path}: not a checkpoint ({info.filename} is compressed)")
+            bad = z.testzip()
+    except WeightsError:
+        raise
+    except Exception as e:  # a hostile archive: any failure to read it is a damaged file
+        raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if bad is not None:
+        raise WeightsError(
+            f"{path}: damaged: {bad} fails its checksum (a flipped bit on disk or a bad copy)"
+        )
 
 
 def paper_preprocess() -> Preprocess:

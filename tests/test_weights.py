@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from alexsearch import weights
+from alexsearch.atomic import WriteError
 from alexsearch.model import ArchConfig
 from alexsearch.weights import WeightsError
 
@@ -76,7 +77,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteError, match="no space left on device"):
         weights.save(weights.init_checkpoint(2, seed=2), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.ckpt"]  # no temp file left
