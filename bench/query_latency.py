@@ -61,7 +61,7 @@ def build(index_dir: Path, n: int, kind: str, weights: str) -> None:
             i = start + j
             cat.put(f"/synthetic/{i // 1000:03d}/{i:06d}.jpg", 1, 1, f"{i:032x}", v, b"")
         cat.commit()
-    info = (None, ckpt.preprocess, ckpt.fingerprint, Path(weights).resolve(), "fc7")
+    info = (ckpt.build(), ckpt.preprocess, ckpt.fingerprint, Path(weights).resolve(), "fc7")
     with store.write_lock(index_dir):
         indexer._publish(index_dir, cat, None, info, kind, None)
     cat.close()

@@ -8,8 +8,10 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from alexsearch import evaluate, indexer, store
+from alexsearch.model import AlexNet
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -29,7 +31,9 @@ def planted_index(ix: Path, files: dict[str, tuple[float, int]]) -> None:
         cat.put(path, 1, 1, path, vec, bytes([grey]) * 3072)
     cat.commit()
     pre = SimpleNamespace(resize=256, input_size=224, channel_order="RGB")
-    indexer._publish(ix, cat, None, (None, pre, "planted", "none", "fc7"), "flat", None)
+    with torch.device("meta"):  # only its shape is read
+        model = AlexNet(init=False)
+    indexer._publish(ix, cat, None, (model, pre, "planted", "none", "fc7"), "flat", None)
     cat.close()
 
 
