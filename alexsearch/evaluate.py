@@ -63,9 +63,10 @@ def ten_crop_probs(model, u8, pre, device) -> torch.Tensor:
     """Softmax of the ten crops of each uint8 256 image: (N, 10, classes), crop 4 the centre."""
     from . import data
 
-    crops = data.ten_crop(u8.to(device), pre.input_size)  # (N, 10, 3, s, s)
+    # Subtract the mean before cropping, so a mean image is cropped with each crop.
+    crops = data.ten_crop(pre.normalize(u8.to(device)), pre.input_size)  # (N, 10, 3, s, s)
     n = crops.shape[0]
-    x = pre.normalize(crops.reshape(n * 10, *crops.shape[2:]))
+    x = crops.reshape(n * 10, *crops.shape[2:])
     with torch.no_grad():
         return torch.softmax(model(x).float(), dim=1).view(n, 10, -1)
 

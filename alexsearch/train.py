@@ -215,7 +215,11 @@ def rgb_statistics(samples, cap: int, seed: int, workers: int, progress=None) ->
 
 
 def augment(u8, pre: data.Preprocess, gen: torch.Generator, lighting_std: float, device):
-    """The paper's training input: random 224 crop + flip, minus the mean, PCA lighting."""
+    """The paper's training input: random 224 crop + flip, minus the mean, PCA lighting.
+
+    Crops stay uint8 until after the crop (less to convert); this is exact because a
+    training run's mean is per channel.
+    """
     u8 = u8.to(device, non_blocking=True)
     x = pre.normalize(data.random_crop_flip(u8, pre.input_size, gen))
     if pre.pca_eigval is not None and lighting_std > 0:
@@ -545,7 +549,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
         val_samples, per_proc, cfg.workers, val_sampler, plan.cuda, cfg.max_megapixels
     )
     skipped = {p: r for p, r in state.get("skipped", [])}
-    autocast = _autocast(plan, cfg)
+    autocast = autocast_for(plan.device, cfg.amp)
 
     while state["epoch"] < cfg.epochs:
         epoch = state["epoch"] + 1
@@ -680,8 +684,9 @@ def _place(model: AlexNet, plan: Plan, cfg: TrainConfig):
     return net, step_model
 
 
-def _autocast(plan: Plan, cfg: TrainConfig):
-    if plan.cuda and cfg.amp:
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA (the weights and the update stay fp32); nothing on the CPU."""
+    if device.type == "cuda" and amp:
         return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
     import contextlib
 
