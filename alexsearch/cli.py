@@ -349,7 +349,7 @@ class _TrainProgress:
             console=err,
         )
         self.task = None
-        self.epochs = 0
+        self.phase = ""
 
     def _task(self, description: str, total: int) -> None:
         if self.task is None:
@@ -359,11 +359,13 @@ class _TrainProgress:
             self.bar.reset(self.task, total=total, description=description, info="")
 
     def stats(self, done: int, total: int) -> None:
-        if done <= 64:
+        if self.phase != "stats":
+            self.phase = "stats"
             self._task("mean & PCA", total)
         self.bar.update(self.task, completed=done)
 
     def epoch_start(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
+        self.phase = "epoch"
         self._task(f"epoch {epoch}/{epochs} lr {lr:g}", batches)
         self.batches = 0
 

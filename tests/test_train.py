@@ -3,6 +3,7 @@ two-device plan, DDP with gloo, and bad input. Tiny generated images keep it fas
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -199,12 +200,6 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, 
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert same_rows(metric_rows(straight), metric_rows(cut))
 
-    # Resuming a finished run with more epochs continues from epoch 2.
-    r = cli("train", "--resume", cut, "--epochs", "3", "--json")
-    assert r.returncode == 0, r.stderr
-    assert [row["epoch"] for row in metric_rows(cut)] == [1, 2, 3]
-    assert not torch.equal(weights_of(cut)["fc8.weight"], b["fc8.weight"])
-
 
 def test_two_device_plan_on_cpu_cpu_trains_like_one_device(tiny, tmp_path):
     def run(device, out):
@@ -216,6 +211,7 @@ def test_two_device_plan_on_cpu_cpu_trains_like_one_device(tiny, tmp_path):
             workers=0,
             device=device,
             dropout=0.0,  # the plans draw dropout masks differently; compare the arithmetic
+            lr=1e-4,  # small steps, so rounding differences between the plans stay small
         )
         return train.run(cfg)
 
@@ -308,9 +304,10 @@ def test_unreadable_images_are_skipped_counted_and_the_run_is_never_lost(tiny, t
     run_dir = tmp_path / "run"
     r = cli("train", "--data", data_dir, "--out", run_dir, *QUICK)
     assert r.returncode == 0, r.stderr
-    assert "skipped images │ 2" in r.stdout and "broken.jpg" in r.stderr
-    r = cli("train", "--resume", run_dir, "--json")  # already done: just the summary
+    assert re.search(r"skipped images\W+2\b", r.stdout) and "broken.jpg" in r.stderr
+    r = cli("train", "--resume", run_dir, "--epochs", "2", "--json")  # one epoch more
     assert r.returncode == 0, r.stderr
+    assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2]
     skipped = {Path(p).name for p, _ in json.loads(r.stdout)["skipped"]}
     assert skipped == {"broken.jpg", "empty.jpg"}
 
@@ -319,7 +316,7 @@ def test_unreadable_images_are_skipped_counted_and_the_run_is_never_lost(tiny, t
     r = cli("train", "--data", data_dir, "--out", run_dir, *QUICK)
     one_line_error(r, "--resume")
     shutil.rmtree(data_dir)
-    r = cli("train", "--resume", run_dir, "--epochs", "2")
+    r = cli("train", "--resume", run_dir, "--epochs", "3")
     one_line_error(r, "no such folder")
     r = cli("train", "--resume", run_dir, "--lr", "0.5")
     one_line_error(r, "cannot change on --resume")
