@@ -399,22 +399,22 @@ def train(
         None, "--data", help="DIR with train/ and val/ (ImageFolder: <split>/<class>/<image>)."
     ),
     val: Path = typer.Option(None, "--val", help="Validation folder, if not DIR/val."),
-    out_dir: Path = typer.Option(None, "--out", help="Run folder [default: runs/<timestamp>]."),
+    out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder."),
-    epochs: int = typer.Option(None, "--epochs", min=0, help="Epochs in all [paper: 90]."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1, help="[paper: 128]"),
-    lr: float = typer.Option(None, "--lr", help="Initial learning rate [paper: 0.01]."),
+    epochs: int = typer.Option(None, "--epochs", min=0, help="Epochs in all (paper: 90)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="(paper: 128)"),
+    lr: float = typer.Option(None, "--lr", help="Initial learning rate (paper: 0.01)."),
     patience: int = typer.Option(
-        None, "--patience", min=1, help="Epochs without a better val error before lr/10 [3]."
+        None, "--patience", min=1, help="Epochs without a better val error before lr/10 (3)."
     ),
-    workers: int = typer.Option(None, "--workers", min=0, help="Decode processes [2]."),
+    workers: int = typer.Option(None, "--workers", min=0, help="Decode processes (2)."),
     limit: int = typer.Option(None, "--limit", min=1, help="Use at most N images per split."),
-    seed: int = typer.Option(None, "--seed", help="Seed for init, data order, augmentation [0]."),
-    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:0,cuda:1 [auto]."),
+    seed: int = typer.Option(None, "--seed", help="Seed for init, data order, augmentation (0)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:0,cuda:1 (auto)."),
     stats_samples: int = typer.Option(
-        None, "--stats-samples", min=1, help="Images for the mean & PCA [10000]."
+        None, "--stats-samples", min=1, help="Images for the mean & PCA (10000)."
     ),
-    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile [off]."),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile (off)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Train the paper's network on a labelled folder (SGD, plateau schedule, checkpoints)."""
@@ -497,7 +497,7 @@ def eval_classification(
         None, "--data", help="Labelled folder (<class>/<image>); DIR/val if it has one."
     ),
     weights_path: Path = typer.Option(
-        None, "--weights", help="Checkpoint [env ALEXSEARCH_WEIGHTS]."
+        None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
