@@ -615,6 +615,7 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
             "seconds": time.perf_counter() - t0,
         }
         # ---- the plateau schedule
+        dropped = ""
         improved = state["best"] is None or row["val_top1_err"] < state["best"]
         if improved:
             state.update(best=row["val_top1_err"], best_epoch=epoch, since_best=0)
@@ -623,13 +624,15 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
             if state["since_best"] >= cfg.patience:
                 state["lr"] /= cfg.lr_drop
                 state["since_best"] = 0
-                rep.note(f"val error stopped improving: lr -> {state['lr']:g}")
+                dropped = f"val error stopped improving: lr -> {state['lr']:g}"
         state["epoch"] = epoch
         state["history"].append(row)
         state["skipped"] = sorted(skipped.items())
         if plan.main:
             _save(run_dir, net, plan, arch, pre, classes, cfg, state, opt, params, improved)
         rep.epoch_end(row)
+        if dropped:
+            rep.note(dropped)
 
     final = net.grouped_state_dict() if plan.two_towers else net.state_dict()
     prints = [weights.fingerprint(final)]
