@@ -615,16 +615,13 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
             "seconds": time.perf_counter() - t0,
         }
         # ---- the plateau schedule
-        dropped = ""
-        improved = state["best"] is None or row["val_top1_err"] < state["best"]
-        if improved:
-            state.update(best=row["val_top1_err"], best_epoch=epoch, since_best=0)
-        else:
-            state["since_best"] += 1
-            if state["since_best"] >= cfg.patience:
-                state["lr"] /= cfg.lr_drop
-                state["since_best"] = 0
-                dropped = f"val error stopped improving: lr -> {state['lr']:g}"
+        lr_before = state["lr"]
+        improved = plateau_step(state, epoch, row["val_top1_err"], cfg.patience, cfg.lr_drop)
+        dropped = (
+            ""
+            if state["lr"] == lr_before
+            else (f"val error stopped improving: lr -> {state['lr']:g}")
+        )
         state["epoch"] = epoch
         state["history"].append(row)
         state["skipped"] = sorted(skipped.items())
@@ -666,6 +663,20 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
         fingerprint=prints[0],
         replica_fingerprints=prints,
     )
+
+
+def plateau_step(state: dict, epoch: int, val_err: float, patience: int, drop: float) -> bool:
+    """The paper's schedule: divide lr by `drop` once the validation error has not improved
+    for `patience` epochs. Updates `state` (lr, best, best_epoch, since_best); returns
+    whether this epoch is the best so far."""
+    if state["best"] is None or val_err < state["best"]:
+        state.update(best=val_err, best_epoch=epoch, since_best=0)
+        return True
+    state["since_best"] += 1
+    if state["since_best"] >= patience:
+        state["lr"] /= drop
+        state["since_best"] = 0
+    return False
 
 
 def _place(model: AlexNet, plan: Plan, cfg: TrainConfig):
