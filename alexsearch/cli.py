@@ -420,6 +420,232 @@ eval_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 
 
+class _TrainProgress:
+    """Draws a training run (alexsearch.train.Reporter) with rich on stderr."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+        )
+        self.task = None
+        self.phase = ""
+
+    def _task(self, description: str, total: int) -> None:
+        if self.task is None:
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=total, info="")
+        else:
+            self.bar.reset(self.task, total=total, description=description, info="")
+
+    def stats(self, done: int, total: int) -> None:
+        if self.phase != "stats":
+            self.phase = "stats"
+            self._task("mean & PCA", total)
+        self.bar.update(self.task, completed=done)
+
+    def epoch_start(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
+        self.phase = "epoch"
+        self._task(f"epoch {epoch}/{epochs} lr {lr:g}", batches)
+        self.batches = 0
+
+    def batch(self, done: int, loss: float, img_per_s: float) -> None:
+        self.batches += 1
+        info = f"loss {loss:.4f}  {img_per_s:.1f} img/s"
+        self.bar.update(self.task, completed=self.batches, info=info)
+
+    def validating(self, batches: int) -> None:
+        self.bar.update(self.task, info="validating...")
+
+    def epoch_end(self, row: dict) -> None:
+        self.bar.console.print(
+            f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, train top-1 "
+            f"{row['train_top1_err']:.3f}, val top-1 {row['val_top1_err']:.3f} top-5 "
+            f"{row['val_top5_err']:.3f}, {row['img_per_s']:.1f} img/s, {row['seconds']:.0f} s",
+            highlight=False,
+        )
+
+    def note(self, text: str) -> None:
+        self.bar.console.print(text, highlight=False)
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.bar.stop()
+
+
+@app.command()
+def train(
+    data_dir: Path = typer.Option(
+        None, "--data", help="DIR with train/ and val/ (ImageFolder: <split>/<class>/<image>)."
+    ),
+    val: Path = typer.Option(None, "--val", help="Validation folder, if not DIR/val."),
+    out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    epochs: int = typer.Option(None, "--epochs", min=0, help="Epochs in all (paper: 90)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="(paper: 128)"),
+    lr: float = typer.Option(None, "--lr", help="Initial learning rate (paper: 0.01)."),
+    patience: int = typer.Option(
+        None, "--patience", min=1, help="Epochs without a better val error before lr/10 (3)."
+    ),
+    workers: int = typer.Option(None, "--workers", min=0, help="Decode processes (2)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use at most N images per split."),
+    seed: int = typer.Option(None, "--seed", help="Seed for init, data order, augmentation (0)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:0,cuda:1 (auto)."),
+    stats_samples: int = typer.Option(
+        None, "--stats-samples", min=1, help="Images for the mean & PCA (10000)."
+    ),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile (off)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Train the paper's network on a labelled folder (SGD, plateau schedule, checkpoints)."""
+    from . import train as training
+
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "patience": patience,
+        "workers": workers,
+        "limit": limit,
+        "seed": seed,
+        "device": device,
+        "stats_samples": stats_samples,
+        "compile": compile_,
+    }
+    if resume is not None:
+        cfg = training.resume_config(resume, given)
+    else:
+        if data_dir is None:
+            raise UserError("give --data DIR (with train/ and val/) or --resume RUN_DIR")
+        cfg = training.TrainConfig(data=str(data_dir), val=str(val) if val else None)
+        cfg.out = str(out_dir or training.default_run_dir())
+        for key, value in given.items():
+            if value is not None:
+                setattr(cfg, key, value)
+    if data_dir is not None and resume is not None and str(data_dir) != cfg.data:
+        cfg.data = str(data_dir)  # the same images moved elsewhere
+    reporter = _TrainProgress() if not as_json else None
+    try:
+        result = training.run(cfg, reporter, resume=resume is not None)
+    finally:
+        if reporter:
+            reporter.stop()
+    if result.rank != 0:  # under torchrun the first process speaks for all
+        return
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(result))
+        return
+    rows = {
+        "run": result.run_dir,
+        "plan": result.plan,
+        "images": f"{result.train_images} train, {result.val_images} val, {result.classes} classes",
+        "epochs": result.epochs_done,
+        "time": f"{result.seconds:.0f} s",
+        "final lr": f"{result.lr:g}",
+    }
+    if result.last:
+        rows["last epoch"] = (
+            f"loss {result.last['train_loss']:.4f}, val top-1 {result.last['val_top1_err']:.3f},"
+            f" top-5 {result.last['val_top5_err']:.3f}, {result.last['img_per_s']:.1f} img/s"
+        )
+    if result.best_epoch is not None:
+        rows["best (centre crop)"] = (
+            f"epoch {result.best_epoch}: val top-1 {result.best_val_top1_err:.3f}, "
+            f"top-5 {result.best_val_top5_err:.3f}"
+        )
+    rows["checkpoints"] = f"{result.run_dir}/best.ckpt, {result.run_dir}/last.ckpt"
+    rows["final weights"] = result.fingerprint
+    if len(result.replica_fingerprints) > 1:
+        same = len(set(result.replica_fingerprints)) == 1
+        rows["replicas"] = f"{len(result.replica_fingerprints)}, " + (
+            "identical" if same else "DIFFERENT: " + ", ".join(result.replica_fingerprints)
+        )
+    rows["skipped images"] = len(result.skipped)
+    out.print(kv_table("train", rows))
+    for p, why in result.skipped[:10]:
+        err.print(f"skipped {p}: {why}", highlight=False)
+    if len(result.skipped) > 10:
+        err.print(f"... and {len(result.skipped) - 10} more unreadable images", highlight=False)
+
+
+@eval_app.callback()
+def eval_classification(
+    ctx: typer.Context,
+    data_dir: Path = typer.Option(
+        None, "--data", help="Labelled folder (<class>/<image>); DIR/val if it has one."
+    ),
+    weights_path: Path = typer.Option(
+        None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=0, help="Decode processes."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate at most N images."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+) -> None:
+    """Top-1/top-5 error on a labelled folder: centre crop and the paper's ten crops."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data_dir is None:
+        raise UserError("give --data DIR (a labelled folder), or use `alexsearch eval retrieval`")
+    from . import evaluate, weights
+
+    ckpt = weights.load(weights.resolve(weights_path))
+    bar = _progress("evaluating")
+    task = None
+
+    def progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("eval", total=total, rate="")
+        bar.update(task, completed=done)
+
+    try:
+        result = evaluate.classify(
+            ckpt, data_dir, batch_size, workers, _device(device), limit, progress
+        )
+    finally:
+        if task is not None:
+            bar.stop()
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table = Table(title=f"classification error on {result.folder}", title_justify="left")
+        table.add_column("crops")
+        table.add_column("top-1 error", justify="right")
+        table.add_column("top-5 error", justify="right")
+        table.add_row("centre", f"{result.centre_top1_err:.4f}", f"{result.centre_top5_err:.4f}")
+        table.add_row(
+            "ten-crop", f"{result.ten_crop_top1_err:.4f}", f"{result.ten_crop_top5_err:.4f}"
+        )
+        out.print(table)
+        out.print(
+            f"{result.images} images, classes matched {result.mapping}, "
+            f"{len(result.skipped)} unreadable skipped",
+            highlight=False,
+        )
+    for p, why in result.skipped:
+        err.print(f"skipped {p}: {why}", highlight=False)
+
+
 # --------------------------------------------------------------------------- codes
 
 

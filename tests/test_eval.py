@@ -1,0 +1,138 @@
+"""`alexsearch eval`: top-1/top-5 error, centre crop and the paper's ten-crop average."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexsearch import data, evaluate, weights
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from make_shapes import CLASSES, draw  # noqa: E402
+
+NAMES = list(CLASSES)  # 6 shape classes, sorted differently from their folder order below
+
+
+def cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "alexsearch", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """One image for each of the 6 classes, under DIR/val (eval takes DIR/val when present)."""
+    import random
+
+    root = tmp_path_factory.mktemp("evalset")
+    rng = random.Random(5)
+    for name, (colour, kind) in CLASSES.items():
+        (root / "val" / name).mkdir(parents=True)
+        draw(kind, colour, rng).save(root / "val" / name / "0.jpg", quality=90)
+    return root
+
+
+def planted(tmp_path: Path, order: list[str]) -> Path:
+    """A checkpoint that ranks the classes in `order`, whatever the image: fc8 is all zero
+    but its bias, so every crop's softmax is the same."""
+    classes = sorted(NAMES, reverse=True)  # not the folder's order: mapping must use names
+    ckpt = weights.init_checkpoint(len(classes), seed=0, classes=classes)
+    ckpt.state_dict["fc8.weight"].zero_()
+    bias = torch.zeros(len(classes))
+    for rank, name in enumerate(order):
+        bias[classes.index(name)] = 10.0 - rank
+    ckpt.state_dict["fc8.bias"].copy_(bias)
+    path = tmp_path / "planted.ckpt"
+    weights.save(ckpt, path)
+    return path
+
+
+def test_planted_fc8_gives_the_known_errors(folder, tmp_path):
+    order = [
+        "orange_stars",
+        "red_circles",
+        "blue_squares",
+        "green_triangles",
+        "purple_rings",
+        "yellow_stripes",
+    ]  # the last one is outside the top 5
+    r = cli(
+        "eval",
+        "--data",
+        folder,
+        "--weights",
+        planted(tmp_path, order),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["images"] == 6 and res["mapping"] == "by name"
+    for crops in ("centre", "ten_crop"):
+        assert res[crops]["top1_err"] == pytest.approx(5 / 6)  # only orange_stars is right
+        assert res[crops]["top5_err"] == pytest.approx(1 / 6)  # only yellow_stripes is missed
+    r = cli(
+        "eval",
+        "--data",
+        folder,
+        "--weights",
+        planted(tmp_path, order),
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+    )
+    assert r.returncode == 0 and "ten-crop" in r.stdout and "0.8333" in r.stdout
+
+
+def test_ten_crop_average_matches_a_direct_computation(folder, init_ckpt, tmp_path):
+    ckpt = weights.load(init_ckpt)
+    ckpt.classes = NAMES + [f"other_{i}" for i in range(ckpt.arch.num_classes - len(NAMES))]
+    # a mean image, so a wrong crop offset would also be caught
+    ckpt.preprocess = data.Preprocess(mean=(torch.rand(3, 256, 256) * 255).tolist())
+    model = ckpt.build("cpu")
+    _, samples = data.labelled_folder(folder / "val")
+    samples = samples[:3]
+    u8 = torch.stack([data.load_256(p) for p, _ in samples])
+    probs = evaluate.ten_crop_probs(model, u8, ckpt.preprocess, "cpu")
+
+    mean = torch.as_tensor(ckpt.preprocess.mean)
+    for i in range(len(samples)):
+        direct = []
+        for mirror in (False, True):
+            for top, left in [(0, 0), (0, 32), (32, 0), (32, 32), (16, 16)]:
+                x = u8[i, :, top : top + 224, left : left + 224].float()
+                x = x - mean[:, top : top + 224, left : left + 224]
+                if mirror:
+                    x = x.flip(-1)
+                with torch.no_grad():
+                    direct.append(torch.softmax(model(x[None]), 1)[0])
+        direct = torch.stack(direct)
+        assert torch.allclose(probs[i], direct, atol=1e-5)
+        assert torch.allclose(probs[i].mean(0), direct.mean(0), atol=1e-6)
+
+
+def test_mismatched_classes_are_one_line(folder, tmp_path):
+    ckpt = weights.init_checkpoint(4, seed=0)  # 4 unnamed classes against 6 folders
+    path = tmp_path / "four.ckpt"
+    weights.save(ckpt, path)
+    r = cli("eval", "--data", folder, "--weights", path, "--device", "cpu", "--workers", "0")
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "6 classes" in lines[0], r.stderr
+    r = cli("eval", "--data", tmp_path / "missing", "--weights", path)
+    assert r.returncode == 2 and "no such folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_class_mapping_rules():
+    assert evaluate.class_mapping(["b", "a"], ["a", "b", "c"], 3) == ([1, 0], "by name")
+    idx, how = evaluate.class_mapping(["x", "y"], ["class_0", "class_1"], 2)
+    assert idx == [0, 1] and how.startswith("by sorted order")
