@@ -85,7 +85,7 @@ def weights_init(
 def weights_import(
     file: Path = typer.Argument(..., help="A .caffemodel (V1 or V2) or torchvision .pth."),
     out_path: Path = typer.Option(
-        None, "--out", help="Where to write the checkpoint [default: FILE with .ckpt]."
+        None, "--out", help="Where to write the checkpoint (default: FILE with .ckpt)."
     ),
     mean: Path = typer.Option(None, "--mean", help="Caffe mean image (.binaryproto, BGR)."),
     labels: Path = typer.Option(None, "--labels", help="Class names, one per line."),
@@ -205,15 +205,15 @@ def _progress(label: str):
 def index(
     paths: list[Path] = typer.Argument(..., help="Folders (searched recursively) or images."),
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
     weights_path: Path = typer.Option(
-        None, "--weights", help="Checkpoint [env ALEXSEARCH_WEIGHTS]."
+        None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     workers: int = typer.Option(
-        None, "--workers", min=0, help="Decode processes [default: by device and cores]."
+        None, "--workers", min=0, help="Decode processes (default: by device and cores)."
     ),
     kind: str = typer.Option("flat", help="FAISS kind: flat (exact), hnsw, ivfpq, ivfsq, auto."),
     max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
@@ -330,9 +330,9 @@ def query(
     images: list[Path] = typer.Argument(..., help="Query images (inside the index or not)."),
     k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
-    weights_path: Path = typer.Option(None, "--weights", help="[default: the index's weights]"),
+    weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
@@ -652,7 +652,7 @@ def eval_classification(
 @app.command()
 def codes(
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
     bits: int = typer.Option(256, "--bits", help="Code length (a multiple of 8)."),
     epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
@@ -717,7 +717,7 @@ def codes(
 @eval_app.command("retrieval")
 def eval_retrieval(
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
     binary: bool = typer.Option(
         False, "--binary", help="Add 32-, 64- and 256-bit code rows (autoencoders trained here)."
@@ -803,7 +803,7 @@ def _save_png(img, path: Path, quiet: bool = False) -> None:
 @viz_app.command("kernels")
 def viz_kernels(
     weights_path: Path = typer.Option(
-        None, "--weights", help="Checkpoint [env ALEXSEARCH_WEIGHTS]."
+        None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
     ),
     out_path: Path = typer.Option(Path("kernels.png"), "--out", help="PNG to write."),
     scale: int = typer.Option(5, "--scale", min=1, max=64, help="Pixels per kernel pixel."),
@@ -821,9 +821,9 @@ def viz_neighbors(
     out_path: Path = typer.Option(..., "--out", help="PNG to write."),
     k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
-    weights_path: Path = typer.Option(None, "--weights", help="[default: the index's weights]"),
+    weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
     max_megapixels: float = typer.Option(100.0, "--max-megapixels"),
@@ -856,7 +856,7 @@ def viz_neighbors(
 def viz_tsne(
     out_path: Path = typer.Option(..., "--out", help="PNG to write."),
     index_dir: Path = typer.Option(
-        None, "--index", help="Index folder [default: indexes/default]."
+        None, "--index", help="Index folder (default: indexes/default)."
     ),
     thumbnails: bool = typer.Option(
         False, "--thumbnails", help="Images snapped to a grid by position, not a scatter."
@@ -868,7 +868,7 @@ def viz_tsne(
     ),
     size: int = typer.Option(900, "--size", min=200, max=8000, help="Scatter size in pixels."),
     threads: int = typer.Option(
-        None, "--threads", min=1, help="[default: 1 below 2,000 images, else all cores]"
+        None, "--threads", min=1, help="(default: 1 below 2,000 images, else all cores)"
     ),
     seed: int = typer.Option(0, "--seed"),
     as_json: bool = typer.Option(False, "--json", help="Also print the 2-D positions."),
