@@ -4,7 +4,6 @@ same properties longer.)"""
 
 import io
 
-import pytest
 from harness import FIGURES, photo_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -14,7 +14,6 @@ import shutil
 import time
 
 import numpy as np
-import pytest
 from harness import (
     FIGURES,
     count_rows,
