@@ -463,6 +463,10 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
     if not resume and (run_dir / "last.ckpt").exists():
         raise TrainError(f"{run_dir} already holds a run: continue it with --resume {run_dir}")
 
+    if plan.main and run_dir.is_dir():
+        # temporaries of atomic writes a killed run left; one run writes a folder at a time
+        for p in run_dir.glob(".*.tmp"):
+            p.unlink(missing_ok=True)
     train_dir, val_dir = find_splits(cfg)
     classes, train_samples = labelled(train_dir, cfg.limit, cfg.seed)
     val_classes, val_samples = labelled(val_dir, cfg.limit, cfg.seed + 1)

@@ -4,8 +4,9 @@ import shutil
 import sqlite3
 import time
 
+import numpy as np
 import pytest
-from harness import FIGURES, has_module, ok, one_line_error
+from harness import FIGURES, ok, one_line_error
 
 OPTS = ("--workers", "0", "--batch-size", "2", "--commit-every", "2")
 
@@ -83,11 +84,30 @@ def test_query_during_index_answers_from_the_published_state(fs, env, half_index
         pytest.skip("the index run finished before a query could start (machine too fast)")
 
 
-def test_codes_during_index():
-    """Will check: `alexsearch codes` (build binary codes for an index) started while
-    `alexsearch index` writes the same index either waits for the lock (--wait) or stops
-    in one line; queries by code meanwhile answer from the published codes; afterwards
-    the codes cover exactly the published vectors (ids match the catalogue)."""
-    if not has_module("alexsearch.codes"):
-        pytest.skip("alexsearch codes is not in this build yet (issue 6)")
-    pytest.skip("codes during index: to be written against the merged codes command")
+def test_codes_during_index(fs, env, half_indexed):
+    """`codes` while `index` writes: it stops in one line naming the lock, or waits with
+    --wait; afterwards every ok file has a code and `query --binary` answers."""
+    import json
+
+    tree, ix = half_indexed
+    codes_args = ("codes", "--index", ix, "--bits", "32", "--epochs", "2", "--json")
+    ok(fs.run(*codes_args, env=env))
+    a = fs.start("index", tree, "--index", ix, *OPTS, env=env)
+    assert wait_for(lambda: holds_lock(ix, a.pid), a), a.wait().stderr
+    r_stop = fs.run(*codes_args, env=env)
+    waiter = fs.start(*codes_args, "--wait", env=env)
+    FIGURES["concurrent_writers"] += 2
+    if r_stop.returncode != 0:  # it met the lock
+        one_line_error(r_stop, "is being written by another alexsearch process", str(a.pid))
+    ok(a.wait())
+    assert ok(waiter.wait()).json()["encoded"] == 24
+    db = sqlite3.connect(ix / "catalogue.sqlite")
+    ids = {i for (i,) in db.execute("SELECT id FROM files WHERE status='ok'")}
+    db.close()
+    m = json.loads((ix / "manifest.json").read_text())["codes"]
+    assert m["count"] == len(ids) == 24
+    with np.load(ix / m["codes_file"]) as z:
+        assert set(z["ids"].tolist()) == ids
+    q = tree / "green_triangles" / "000.jpg"
+    r = ok(fs.run("query", q, "--index", ix, "--binary", "--k", "5", "--json", env=env))
+    assert len(r.json()[0]["neighbours"]) == 5

@@ -4,8 +4,7 @@ same properties longer.)"""
 
 import io
 
-import pytest
-from harness import FIGURES, has_module, photo_bytes
+from harness import FIGURES, photo_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -81,12 +80,3 @@ def test_extraction_worker_reports_instead_of_raising(tmp_path_factory, case):
     assert (crop is None) == bool(reason)
     if crop is not None:
         assert tuple(crop.shape) == (3, 224, 224) and len(thumb) == 32 * 32 * 3
-
-
-def test_caffemodel_reader_fuzz():
-    """Will check (hypothesis, bounded): mutated and truncated protobuf bytes of a small
-    .caffemodel given to the reader raise only its error type (a UserError), never a
-    protobuf/struct/Memory error, and never allocate more than the file's size allows."""
-    if not has_module("alexsearch.caffemodel"):
-        pytest.skip("the caffemodel reader is not in this build yet (issue 5)")
-    pytest.skip("caffemodel fuzz: to be written against the merged reader")

@@ -12,7 +12,6 @@ from harness import (
     bad_checkpoints,
     bad_images,
     cli,
-    has_module,
     no_traceback,
     ok,
     one_line_error,
@@ -117,11 +116,34 @@ def test_unicode_normalisation_of_names_is_kept(fs, env, tiny_ckpt, tmp_path):
     assert ok(s).json()["total_ok"] == 2
 
 
-def test_caffemodel_reader_refuses_damaged_files():
-    """Will check: truncated, bit-flipped and hostile .caffemodel files (a blob claiming
-    2^40 floats, a layer nested 10,000 deep, wrong blob shapes for AlexNet) given to
-    `alexsearch weights import` each give one line and exit non-zero, with peak RSS under
-    the cap and no output file left behind."""
-    if not has_module("alexsearch.caffemodel"):
-        pytest.skip("caffemodel import is not in this build yet (issue 5)")
-    pytest.skip("caffemodel corpus: to be written against the merged importer")
+def test_damaged_caffemodel_import_is_one_line_and_leaves_no_output(fs, env, tmp_path):
+    """A truncated and a bit-flipped V2 bvlc_alexnet: one line, non-zero, no output file.
+    (The reader's wider fuzz is tests/test_caffemodel_fuzz.py.)"""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from caffe_proto import bvlc_net, bvlc_params, write
+
+    full = tmp_path / "bvlc.caffemodel"
+    write(full, bvlc_net(bvlc_params(seed=0), v1=False))
+    raw = full.read_bytes()
+    full.unlink()
+    # cut inside fc6's weights; flip the net name's length (7 -> 5): the parse misaligns
+    flipped = bytearray(raw[: 1 << 20])
+    assert flipped[:2] == b"\x0a\x07"
+    flipped[1] ^= 0x02
+    cases = {
+        "truncated.caffemodel": raw[: len(raw) // 2],
+        "bitflipped.caffemodel": bytes(flipped) + raw[1 << 20 :],
+    }
+    for name, data in cases.items():
+        src = tmp_path / name
+        src.write_bytes(data)
+        out = tmp_path / f"{name}.ckpt"
+        r = fs.run("weights", "import", src, "--out", out, env=env)
+        FIGURES["bad_inputs"] += 1
+        one_line_error(r, name)
+        assert not out.exists()
+        left = sorted(p.name for p in tmp_path.iterdir())
+        assert left == sorted(n for n in cases if (tmp_path / n).exists()), left  # no .tmp

@@ -14,11 +14,9 @@ import shutil
 import time
 
 import numpy as np
-import pytest
 from harness import (
     FIGURES,
     count_rows,
-    has_module,
     kill_when,
     ok,
     one_line_error,
@@ -194,11 +192,59 @@ def test_kill_incremental_index_with_adds_deletes_changes(fs, env, photos, tiny_
     run_chain(fs, env, ix, tree, model, expected, rng, TRIALS_NARROW)
 
 
-def test_kill_train_resumes_from_last_checkpoint():
-    """Will check: kill -9 `alexsearch train` at >= 10 seeded moments (during an epoch,
-    during a checkpoint write); afterwards the last checkpoint loads (`info --weights`),
-    is one of the checkpoints written before the kill (never half-written, no .tmp
-    left), and `train --resume` continues from its epoch to the same final epoch."""
-    if not has_module("alexsearch.train"):
-        pytest.skip("alexsearch train is not in this build yet (issue 3)")
-    pytest.skip("train kill trials: to be written against the merged train command")
+def _train_state(run_dir):
+    return weights.load(run_dir / "last.ckpt").state_dict
+
+
+def test_kill_train_resumes_from_last_checkpoint(fs, env, tmp_path):
+    """kill -9 `alexsearch train` at seeded moments (a delay into the run, or as a
+    checkpoint's temporary file appears); each time last.ckpt, if there, loads whole,
+    metrics.jsonl parses line by line, and `train --resume` ends with the weights of an
+    uninterrupted run."""
+    import torch
+    from make_shapes import make
+
+    data = tmp_path / "data"
+    make(data / "train", per_class=1, seed=3)  # 6 classes, one image each
+    make(data / "val", per_class=1, seed=4)
+    args = ("--data", data, "--epochs", "2", "--batch-size", "3", "--workers", "0")
+    args += ("--device", "cpu", "--seed", "5", "--stats-samples", "6")
+    t0 = time.monotonic()
+    ok(fs.run("train", *args, "--out", tmp_path / "straight", "--json", env=env))
+    max_delay = 1.1 * (time.monotonic() - t0)
+    want = _train_state(tmp_path / "straight")
+    rng = random.Random(3)
+    for trial in range(3):
+        run_dir = tmp_path / f"cut{trial}"
+        child = fs.start("train", *args, "--out", run_dir, env=env)
+        if rng.random() < 0.5:
+            delay = rng.uniform(0.0, max_delay)
+            end = time.monotonic() + delay
+            while time.monotonic() < end and not child.exited():
+                time.sleep(0.01)
+            moment = f"after {delay:.2f} s"
+        else:  # while a checkpoint is being written
+            nth = rng.randint(1, 3)
+            seen: set = set()
+            while not child.exited() and len(seen) < nth:
+                seen |= set(tmp_leftovers(run_dir)) if run_dir.exists() else set()
+                time.sleep(0.002)
+            moment = f"while writing temporary file {nth}"
+        child.kill()
+        r = child.wait()
+        FIGURES["kill_trials"] += 1
+        FIGURES["kill_trials_mid_run"] += r.returncode == -9
+        assert r.returncode in (0, -9), (moment, r.stderr)
+        if (run_dir / "last.ckpt").exists():
+            weights.load(run_dir / "last.ckpt")  # never half-written
+        if (run_dir / "metrics.jsonl").exists():
+            rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1)), moment
+        if (run_dir / "last.ckpt").exists():
+            s = ok(fs.run("train", "--resume", run_dir, "--json", env=env)).json()
+        else:  # killed before the first checkpoint: nothing to resume, start again
+            s = ok(fs.run("train", *args, "--out", run_dir, "--json", env=env)).json()
+        assert s["epochs_done"] == 2, moment
+        got = _train_state(run_dir)
+        assert all(torch.equal(want[k], got[k]) for k in want), f"killed {moment}"
+        assert tmp_leftovers(run_dir) == [], moment
