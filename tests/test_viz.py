@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,27 +15,9 @@ from alexsearch.errors import UserError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
+from test_index import cli, one_line_error  # noqa: E402
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
-
-
-def cli(*args, env=None, check=True):
-    r = subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def one_line_error(r, text):
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and text in lines[0], r.stderr
 
 
 def colours(img: Image.Image) -> set:
