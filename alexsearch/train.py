@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from . import data, weights
 from .atomic import atomic_write
 from .errors import UserError
+from .extract import resolve_device
 from .imagefiles import DEFAULT_MAX_MEGAPIXELS
 from .model import AlexNet, ArchConfig, TwoDeviceAlexNet
 
@@ -271,26 +272,11 @@ class Plan:
 
 
 def parse_devices(spec: str) -> list[torch.device]:
-    spec = spec.strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        devs = [torch.device(s.strip()) for s in spec.split(",")]
-    except RuntimeError:
-        raise TrainError(
-            f"--device {spec!r}: expected auto, cpu, cuda, cuda:N or two of them "
-            "separated by a comma (cuda:0,cuda:1)"
-        ) from None
-    if len(devs) > 2:
+    """One device, or two (a tower each) separated by a comma."""
+    parts = [s for s in spec.split(",") if s.strip()] or ["auto"]
+    if len(parts) > 2:
         raise TrainError("--device: at most two devices (one tower each); for more use torchrun")
-    for d in devs:
-        if d.type == "cuda" and not torch.cuda.is_available():
-            raise TrainError(f"--device {spec}: CUDA is not available on this machine")
-        if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-            raise TrainError(f"--device {d}: only {torch.cuda.device_count()} GPU(s) here")
-        if d.type not in ("cpu", "cuda"):
-            raise TrainError(f"--device {d}: only cpu and cuda devices are supported")
-    return devs
+    return [resolve_device(p) for p in parts]
 
 
 def setup_plan(spec: str) -> Plan:

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from alexsearch import store
@@ -304,3 +305,11 @@ def test_ivf_kind_answers_like_exact_on_clustered_vectors(tmp_path):
     _, got = back.search(vecs[:200], 5)
     same = labels[got - 100] == labels[:200, None]
     assert same.mean() > 0.95 and (got[:, 0] == ids[:200]).mean() > 0.9
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_this_machine_lacks_is_one_line(env, photos, tmp_path):
+    r = cli("index", photos, "--index", tmp_path / "ix", "--device", "cuda", env=env, check=False)
+    one_line_error(r, "CUDA is not available on this machine")
+    r = cli("index", photos, "--index", tmp_path / "ix", "--device", "tpu", env=env, check=False)
+    one_line_error(r, "expected auto, cpu, cuda or cuda:N")
