@@ -29,6 +29,7 @@ import time
 import zipfile
 import zlib
 from collections import Counter
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,10 +313,16 @@ def rows_since(catalogue: Path, since: float) -> int:
 
 
 def kill_when(
-    child: Child, rng: random.Random, catalogue: Path, since: float, todo: int, max_delay: float
+    child: Child,
+    rng: random.Random,
+    max_delay: float,
+    todo: int,
+    progress: Callable[[], int],
+    what: str,
 ) -> str:
     """kill -9 the child at a seeded moment: after a random delay (up to max_delay s), or
-    once a random number (1..todo) of rows is committed by it. Returns the moment chosen."""
+    once progress() (rows committed, files written...) reaches a random 1..todo. Returns
+    the moment chosen, described with `what`."""
     if rng.random() < 0.5:
         delay = rng.uniform(0.0, max_delay)
         end = time.monotonic() + delay
@@ -324,9 +331,9 @@ def kill_when(
         moment = f"after {delay:.2f} s"
     else:
         target = rng.randint(1, max(1, todo))
-        while not child.exited() and rows_since(catalogue, since) < target:
-            time.sleep(0.01)
-        moment = f"at {target} committed rows"
+        while not child.exited() and progress() < target:
+            time.sleep(0.002)
+        moment = f"at {what} {target}"
     child.kill()
     FIGURES["kill_trials"] += 1
     return moment

@@ -20,6 +20,7 @@ from harness import (
     kill_when,
     ok,
     one_line_error,
+    rows_since,
     tmp_leftovers,
 )
 from PIL import Image
@@ -140,7 +141,14 @@ def run_chain(fs, env, ix, tree_root, model, expected, rng, trials):
         todo = sum(1 for p, v in tree.items() if p not in before or before[p][:2] != v)
         since = time.time()
         child = fs.start("index", tree_root, "--index", ix, *INDEX_OPTS, env=env)
-        moment = kill_when(child, rng, ix / "catalogue.sqlite", since, todo, max_delay)
+        moment = kill_when(
+            child,
+            rng,
+            max_delay,
+            todo,
+            lambda since=since: rows_since(ix / "catalogue.sqlite", since),
+            "committed row",
+        )
         r = child.wait()
         FIGURES["kill_trials_mid_run"] += r.returncode == -9
         assert r.returncode in (0, -9), (moment, r.stderr)
@@ -217,22 +225,15 @@ def test_kill_train_resumes_from_last_checkpoint(fs, env, tmp_path):
     for trial in range(3):
         run_dir = tmp_path / f"cut{trial}"
         child = fs.start("train", *args, "--out", run_dir, env=env)
-        if rng.random() < 0.5:
-            delay = rng.uniform(0.0, max_delay)
-            end = time.monotonic() + delay
-            while time.monotonic() < end and not child.exited():
-                time.sleep(0.01)
-            moment = f"after {delay:.2f} s"
-        else:  # while a checkpoint is being written
-            nth = rng.randint(1, 3)
-            seen: set = set()
-            while not child.exited() and len(seen) < nth:
-                seen |= set(tmp_leftovers(run_dir)) if run_dir.exists() else set()
-                time.sleep(0.002)
-            moment = f"while writing temporary file {nth}"
-        child.kill()
+        seen: set = set()
+
+        def tmp_files_seen(run_dir=run_dir, seen=seen) -> int:
+            seen.update(tmp_leftovers(run_dir) if run_dir.exists() else [])
+            return len(seen)
+
+        # a delay into the run, or while a checkpoint's temporary file is being written
+        moment = kill_when(child, rng, max_delay, 3, tmp_files_seen, "temporary file")
         r = child.wait()
-        FIGURES["kill_trials"] += 1
         FIGURES["kill_trials_mid_run"] += r.returncode == -9
         assert r.returncode in (0, -9), (moment, r.stderr)
         if (run_dir / "last.ckpt").exists():
