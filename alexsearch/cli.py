@@ -355,20 +355,10 @@ def query(
         if binary or rerank:
             searcher.open_codes()  # before the model: no codes -> say so at once
         recorded = searcher.manifest["model"].get("weights")
-        model, pre, fp, wpath, _ = _load_model(weights_path, recorded, _device(device))
+        embed, fp, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
         searcher.check_model(fp, wpath)
-        results = search.query(
-            searcher,
-            model,
-            pre,
-            [str(i) for i in images],
-            k,
-            include_self,
-            max_megapixels,
-            _device(device),
-            binary=binary,
-            rerank=rerank,
-        )
+        paths = [str(i) for i in images]
+        results = search.query(searcher, embed, paths, k, include_self, binary, rerank)
     finally:
         searcher.close()
     if grid is not None:
@@ -834,12 +824,9 @@ def viz_neighbors(
     searcher = search.Searcher(index_dir)
     try:
         recorded = searcher.manifest["model"].get("weights")
-        model, pre, fp, wpath, _ = _load_model(weights_path, recorded, _device(device))
+        embed, fp, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
         searcher.check_model(fp, wpath)
-        results = search.query(
-            searcher, model, pre, [str(i) for i in images], k, include_self,
-            max_megapixels, _device(device),
-        )  # fmt: skip
+        results = search.query(searcher, embed, [str(i) for i in images], k, include_self)
     finally:
         searcher.close()
     bad = [r for r in results if r.error]

@@ -26,12 +26,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import caffemodel
-from .atomic import atomic_write
 from .data import Preprocess
+from .locations import HOME_ENV, data_dir, default_weights_path, set_default  # noqa: F401
 from .model import CAFFE, TORCHVISION, expected_shapes
 from .weights import FORMAT, Checkpoint, WeightsError, check_fits, save
-
-HOME_ENV = "ALEXSEARCH_HOME"
 
 # Caffe's ILSVRC-2012 mean, (B, G, R) on 0..255: the per-channel average of
 # ilsvrc_2012_mean.binaryproto, as Caffe's own examples use it.
@@ -310,36 +308,12 @@ SOURCES = {
 }
 
 
-def data_dir() -> Path:
-    """Where fetched weights live: $ALEXSEARCH_HOME, else ~/.cache/alexsearch."""
-    home = os.environ.get(HOME_ENV)
-    return Path(home) if home else Path.home() / ".cache" / "alexsearch"
-
-
 def download_path(source: Source) -> Path:
     return data_dir() / "downloads" / source.filename
 
 
 def checkpoint_path(source: Source) -> Path:
     return data_dir() / "weights" / f"{source.name}.ckpt"
-
-
-def _default_pointer() -> Path:
-    return data_dir() / "weights" / "default"
-
-
-def default_weights_path() -> Path | None:
-    """The checkpoint `weights fetch` made the default, if it is still there."""
-    try:
-        named = _default_pointer().read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    return Path(named) if named and Path(named).is_file() else None
-
-
-def set_default(path: str | os.PathLike) -> None:
-    text = f"{Path(path).resolve()}\n".encode()
-    atomic_write(_default_pointer(), lambda f: f.write(text))
 
 
 def _digest(path: Path, algorithm: str) -> str:

@@ -9,11 +9,12 @@ its own results unless asked.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import data, store
+from . import pixels, store
 from .errors import UserError
 
 
@@ -135,22 +136,18 @@ class Searcher:
 
 def query(
     searcher: Searcher,
-    model,
-    pre: data.Preprocess,
+    embed: Callable[[str], np.ndarray],
     images: list[str],
     k: int = 6,
     include_self: bool = False,
-    max_megapixels: float = data.DEFAULT_MAX_MEGAPIXELS,
-    device: str = "cpu",
     binary: bool = False,
     rerank: int = 0,
 ) -> list[Result]:
-    """Embed each image and search. An unreadable query image gets an error, not a crash.
+    """Embed each image (`embed`: path -> fc7, pixels.ImageError when it cannot be read)
+    and search. An unreadable query image gets an error, not a crash.
 
     binary: Hamming k-NN over the codes; rerank=N: a Hamming shortlist of N re-ranked by
     exact fc7 distance (call searcher.open_codes() first for either)."""
-    from .extract import extract_one
-
     if k < 1:
         raise UserError("--k must be at least 1")
     results, vecs, excl, slots = [], [], [], []
@@ -159,8 +156,8 @@ def query(
         res = Result(query=path)
         results.append(res)
         try:
-            vecs.append(extract_one(model, pre, path, max_megapixels, device))
-        except data.ImageError as e:
+            vecs.append(embed(path))
+        except pixels.ImageError as e:
             res.error = str(e)
             continue
         excl.append(None if include_self else searcher.catalogue.id_of(path))
@@ -173,6 +170,31 @@ def query(
         for res, hits in zip(slots, found, strict=True):
             res.hits = hits
     return results
+
+
+def embedder(weights_path, recorded: str | None, device: str, max_megapixels: float):
+    """(embed, fingerprint, weights path) for queries with the resolved weights.
+
+    On the CPU the network runs on numpy (numpy_net) whenever the checkpoint is one it
+    reads, so a query never imports torch (~2 s); otherwise, and on a GPU, torch."""
+    from . import locations, numpy_net
+
+    path = locations.resolve(weights_path, recorded)
+    net = numpy_net.load(path) if str(device).strip().lower() == "cpu" else None
+    if net is not None:
+        return (lambda p: net.embed(p, max_megapixels)), net.fingerprint, path.resolve()
+    from . import weights
+    from .extract import extract_one, resolve_device
+
+    dev = resolve_device(device)
+    ckpt = weights.load(path)
+    model = ckpt.build(dev)
+    pre = ckpt.preprocess
+
+    def embed(p: str) -> np.ndarray:
+        return extract_one(model, pre, p, max_megapixels, dev)
+
+    return embed, ckpt.fingerprint, path.resolve()
 
 
 def result_dicts(results: list[Result]) -> list[dict]:

@@ -17,17 +17,13 @@ from pathlib import Path
 
 import torch
 
+from . import checkpoint_file
 from .atomic import atomic_write
+from .checkpoint_file import FORMAT, VERSION
 from .data import Preprocess
-from .errors import UserError
+from .errors import WeightsError
+from .locations import WEIGHTS_ENV, resolve  # noqa: F401
 from .model import PAPER, AlexNet, ArchConfig, expected_shapes
-
-FORMAT = "alexsearch-checkpoint"
-VERSION = 1
-
-
-class WeightsError(UserError):
-    """A weights file that cannot be used, with a one-line reason."""
 
 
 @dataclass
@@ -45,7 +41,9 @@ class Checkpoint:
         with torch.device("meta"):  # no throwaway allocation: take the loaded tensors as is
             model = AlexNet(self.arch, init=False)
         model.load_state_dict(self.state_dict, assign=True)
-        return model.to(device).eval()
+        # float64 or float16 weights (a valid checkpoint) still compute in float32, the
+        # precision of every input and every index
+        return model.float().to(device).eval()
 
     def describe(self) -> dict:
         n = sum(t.numel() for t in self.state_dict.values())
@@ -178,19 +176,11 @@ def _check_archive(path: Path) -> None:
     """Verify the zip's checksums, which torch.load skips: a flipped bit in a tensor would
     otherwise load silently (under the fingerprint of the undamaged file)."""
     try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                if info.compress_type != zipfile.ZIP_STORED:  # torch.save never compresses
-                    raise WeightsError(f"{path}: not a checkpoint ({info.filename} is compressed)")
-            bad = z.testzip()
-    except WeightsError:
-        raise
-    except Exception as e:  # a hostile archive: any failure to read it is a damaged file
-        raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if bad is not None:
-        raise WeightsError(
-            f"{path}: damaged: {bad} fails its checksum (a flipped bit on disk or a bad copy)"
-        )
+        checkpoint_file.check_archive(path)
+    except checkpoint_file.ArchiveError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
 
 
 def paper_preprocess() -> Preprocess:
@@ -216,29 +206,4 @@ def init_checkpoint(num_classes: int = 1000, seed: int = 0, classes=None) -> Che
         state_dict=model.state_dict(),
         classes=names,
         meta={"source": "paper init (untrained)", "seed": seed},
-    )
-
-
-WEIGHTS_ENV = "ALEXSEARCH_WEIGHTS"
-
-
-def resolve(explicit: str | os.PathLike | None, recorded: str | None = None) -> Path:
-    """Which weights to use: --weights, else $ALEXSEARCH_WEIGHTS, else the weights an
-    index recorded, else fetched default weights; otherwise say how to get some."""
-    if explicit:
-        return Path(explicit)
-    if os.environ.get(WEIGHTS_ENV):
-        return Path(os.environ[WEIGHTS_ENV])
-    if recorded and Path(recorded).exists():
-        return Path(recorded)
-    from .importers import default_weights_path  # importers builds on this module
-
-    found = default_weights_path()
-    if found:
-        return found
-    raise WeightsError(
-        "no weights given: pass --weights CKPT or set ALEXSEARCH_WEIGHTS; to get weights run "
-        "`alexsearch weights fetch bvlc` (Caffe's published AlexNet), `alexsearch train`, or "
-        "`alexsearch weights init --out CKPT` (untrained)"
-        + (f"; the index was built with {recorded}, which is gone" if recorded else "")
     )

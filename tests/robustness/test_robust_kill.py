@@ -26,6 +26,7 @@ from harness import (
 from PIL import Image
 
 from alexsearch import search, weights
+from alexsearch.extract import extract_one
 
 # Full-size paper network (kills land in its 230 MB load too) / a narrow one (cheap runs).
 TRIALS_FULL, TRIALS_NARROW = 4, 16
@@ -85,7 +86,8 @@ def check_after_kill(fs, env, ix, model, expected, before, tree):
     s = search.Searcher(ix)
     try:
         q = sorted(tree)[0]
-        res = search.query(s, model[0], model[1], [q], k=3, include_self=True)[0]
+        embed = lambda p: extract_one(model[0], model[1], p, 100)  # noqa: E731
+        res = search.query(s, embed, [q], k=3, include_self=True)[0]
         assert not res.error
         published = s.index.ntotal
         # ids of files a later (killed) run deleted are left out: one file is deleted here
