@@ -944,9 +944,11 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Describe a checkpoint (--weights) or an index (--index, the default index otherwise)."""
-    from . import store, weights
+    from . import store
 
     if weights_path is not None:
+        from . import weights
+
         desc = {"weights": str(weights_path), **weights.load(weights_path).describe()}
         if as_json:
             print_json(desc)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from . import pixels
 from .imagefiles import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS, is_image_name  # noqa: F401
-from .pixels import RESIZE, ImageError, Preprocess, _centre, decode, to_rgb  # noqa: F401
+from .pixels import RESIZE, ImageError, Preprocess, centre_offsets, decode, to_rgb  # noqa: F401
 
 # --------------------------------------------------------------------------- geometry
 
@@ -31,7 +31,7 @@ def load_256(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, size: int = R
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:
-    top, left = _centre(x.shape[-1], size)
+    top, left = centre_offsets(x.shape[-1], size)
     return x[..., top : top + size, left : left + size]
 
 

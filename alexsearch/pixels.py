@@ -70,7 +70,7 @@ class Preprocess:
             return m.reshape(3, 1, 1)
         if m.shape[-1] == size:
             return m
-        top, left = offsets if offsets is not None else _centre(m.shape[-1], size)
+        top, left = offsets if offsets is not None else centre_offsets(m.shape[-1], size)
         return m[:, top : top + size, left : left + size]
 
     def normalize(self, u8, offsets: tuple[int, int] | None = None):
@@ -104,7 +104,8 @@ class Preprocess:
         return np.ascontiguousarray(x)
 
 
-def _centre(big: int, small: int) -> tuple[int, int]:
+def centre_offsets(big: int, small: int) -> tuple[int, int]:
+    """(top, left) of a centred small x small window in a big x big image."""
     o = (big - small) // 2
     return o, o
 

@@ -419,5 +419,16 @@ def describe(index: str | os.PathLike | None) -> dict:
         "generation": m["generation"],
         "bytes_on_disk": disk_bytes(d),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("updated", 0))),
+        "codes": _describe_codes(m.get("codes")),
         "failures": failures,
     }
+
+
+def _describe_codes(entry: dict | None) -> str:
+    """One line on the binary codes (`alexsearch codes`), or how to make them."""
+    if not entry:
+        return "none (alexsearch codes)"
+    return (
+        f"{entry['bits']} bits ({entry['bytes_per_image']} bytes an image), "
+        f"{entry['count']} encoded, {entry['kind']}"
+    )

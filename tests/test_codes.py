@@ -102,7 +102,7 @@ def stored_codes(ix):
         return dict(zip(z["ids"].tolist(), map(bytes, z["codes"]), strict=True))
 
 
-def test_codes_command_summary_and_files(built):
+def test_codes_command_summary_and_files(built, env):
     _, ix, s = built
     assert s["bits"] == 32 and s["bytes_per_image"] == 4 and s["encoded"] == 12
     assert s["kind"] == "flat" and len(s["reconstruction_error"]) == 3
@@ -117,6 +117,8 @@ def test_codes_command_summary_and_files(built):
     assert set(have) == set(vecs)
     for i, (_, v) in vecs.items():
         assert have[i] == coder.encode(v[None])[0].tobytes()
+    info = json.loads(cli("info", "--index", ix, "--json", env=env).stdout)
+    assert info["codes"].startswith("32 bits (4 bytes an image), 12 encoded")
 
 
 def test_query_binary_and_rerank(built, env):
@@ -146,6 +148,8 @@ def test_query_without_codes_says_run_codes(env, tmp_path):
     q = tmp_path / "p" / "red_circles" / "000.jpg"
     r = cli("query", q, "--index", ix, "--binary", env=env, check=False)
     one_line_error(r, "alexsearch codes")
+    info = json.loads(cli("info", "--index", ix, "--json", env=env).stdout)
+    assert info["codes"] == "none (alexsearch codes)"
     r = cli("codes", "--index", ix, "--bits", "30", env=env, check=False)
     one_line_error(r, "multiple of 8")
 
