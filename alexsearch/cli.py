@@ -292,14 +292,18 @@ def index(
     }
     out.print(kv_table("index", rows))
     if summary.failed:
-        table = Table(title="files that could not be indexed", title_justify="left")
-        table.add_column("path")
-        table.add_column("reason")
-        for p, why in summary.failed:
-            table.add_row(p, why)
-        out.print(table)
+        out.print(_failures_table(summary.failed))
     for p, why in summary.skipped:
         err.print(f"skipped {p}: {why}", highlight=False)
+
+
+def _failures_table(failed: list[tuple[str, str]]) -> Table:
+    table = Table(title="files that could not be indexed", title_justify="left")
+    table.add_column("path")
+    table.add_column("reason")
+    for path, why in failed:
+        table.add_row(path, why)
+    return table
 
 
 def _weights_differ(weights_path, manifest) -> bool:
@@ -962,12 +966,7 @@ def info(
     failures = desc.pop("failures")
     out.print(kv_table(f"index {desc['index']}", desc))
     if failures:
-        table = Table(title="files that could not be indexed", title_justify="left")
-        table.add_column("path")
-        table.add_column("reason")
-        for f in failures:
-            table.add_row(f["path"], f["reason"])
-        out.print(table)
+        out.print(_failures_table([(f["path"], f["reason"]) for f in failures]))
 
 
 # --------------------------------------------------------------------------- entry point

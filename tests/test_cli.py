@@ -1,31 +1,14 @@
 """The command line as a user runs it: real processes, exit codes, one-line errors."""
 
 import json
-import subprocess
-import sys
+from functools import partial
 
 import pytest
+from test_index import cli, one_line_error
 
 from alexsearch import __version__
 
-
-def run(*args, env=None, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=600,
-    )
-
-
-def assert_one_line_error(r, pattern):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert pattern in lines[0], lines[0]
+run = partial(cli, check=False)
 
 
 def test_version_and_help():
@@ -55,4 +38,4 @@ def test_info_bad_weights_one_line(tmp_path, content, message):
     path = tmp_path / "w.ckpt"
     if content is not None:
         path.write_bytes(content)
-    assert_one_line_error(run("info", "--weights", path), message)
+    one_line_error(run("info", "--weights", path), message)

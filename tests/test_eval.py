@@ -1,8 +1,8 @@
 """`alexsearch eval`: top-1/top-5 error, centre crop and the paper's ten-crop average."""
 
 import json
-import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,17 +12,11 @@ from alexsearch import data, evaluate, weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_shapes import CLASSES, draw  # noqa: E402
+from test_index import cli as _cli  # noqa: E402
+
+cli = partial(_cli, check=False)
 
 NAMES = list(CLASSES)  # 6 shape classes, sorted differently from their folder order below
-
-
-def cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
 
 
 @pytest.fixture(scope="module")
@@ -62,35 +56,15 @@ def test_planted_fc8_gives_the_known_errors(folder, tmp_path):
         "purple_rings",
         "yellow_stripes",
     ]  # the last one is outside the top 5
-    r = cli(
-        "eval",
-        "--data",
-        folder,
-        "--weights",
-        planted(tmp_path, order),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-        "--json",
-    )
+    args = ("eval", "--data", folder, "--weights", planted(tmp_path, order), "--device", "cpu")
+    r = cli(*args, "--workers", "0", "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["images"] == 6 and res["mapping"] == "by name"
     for crops in ("centre", "ten_crop"):
         assert res[crops]["top1_err"] == pytest.approx(5 / 6)  # only orange_stars is right
         assert res[crops]["top5_err"] == pytest.approx(1 / 6)  # only yellow_stripes is missed
-    r = cli(
-        "eval",
-        "--data",
-        folder,
-        "--weights",
-        planted(tmp_path, order),
-        "--device",
-        "cpu",
-        "--workers",
-        "0",
-    )
+    r = cli(*args, "--workers", "0")
     assert r.returncode == 0 and "ten-crop" in r.stdout and "0.8333" in r.stdout
 
 

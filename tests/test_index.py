@@ -22,12 +22,14 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
 
 
-def cli(*args, env=None, check=True):
+def cli(*args, env=None, check=True, cwd=None):
+    """`python -m alexsearch ARGS` in a fresh process (check: a non-zero exit fails)."""
     r = subprocess.run(
         [sys.executable, "-m", "alexsearch", *map(str, args)],
         capture_output=True,
         text=True,
         env=env,
+        cwd=cwd,
         timeout=900,
     )
     if check and r.returncode != 0:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,11 @@ from alexsearch.model import AlexNet, ArchConfig, expected_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_shapes import CLASSES, draw  # noqa: E402
+from test_index import cli as _cli  # noqa: E402
+from test_index import one_line_error  # noqa: E402, F401
+
+# exit codes are asserted here, so a non-zero exit does not fail the call itself
+cli = partial(_cli, check=False)
 
 
 def shapes(root: Path, per_class: int, classes=3, seed=0) -> Path:
@@ -40,24 +46,6 @@ def tiny(tmp_path_factory) -> Path:
     shapes(root / "train", 2, classes=2, seed=0)
     shapes(root / "val", 1, classes=2, seed=1)
     return root
-
-
-def cli(*args, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=900,
-    )
-
-
-def one_line_error(r, pattern):
-    assert r.returncode != 0
-    assert "Traceback" not in r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, r.stderr
-    assert pattern in lines[0], lines[0]
 
 
 QUICK = ("--epochs", "1", "--batch-size", "2", "--workers", "0", "--device", "cpu")
