@@ -60,8 +60,10 @@ class Blob:
     data: np.ndarray  # 1-D, float32 or float64, len == prod(shape)
 
     def array(self) -> np.ndarray:
-        """A writable float32 copy in `shape`."""
-        return self.data.astype(np.float32).reshape(self.shape)
+        """A writable float32 copy in `shape`. A double beyond float32 becomes inf, which
+        weights.check_fits then refuses by name: no warning of our own here."""
+        with np.errstate(over="ignore"):
+            return self.data.astype(np.float32).reshape(self.shape)
 
 
 @dataclass

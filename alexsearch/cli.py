@@ -155,7 +155,8 @@ def _report_weights(path: Path, ckpt, as_json: bool, default: bool = False) -> N
     if as_json:
         print_json(desc)
         return
-    rows = {k: desc[k] for k in ("architecture", "classes", "input_size", "channel_order")}
+    keys = ("architecture", "classes", "input_size", "channel_order", "geometry")
+    rows = {k: desc[k] for k in keys}
     rows.update({k: v for k, v in ckpt.meta.items() if isinstance(v, str)})
     rows["fingerprint"] = ckpt.fingerprint
     out.print(kv_table(f"wrote {path}", rows))
@@ -359,8 +360,8 @@ def query(
         if binary or rerank:
             searcher.open_codes()  # before the model: no codes -> say so at once
         recorded = searcher.manifest["model"].get("weights")
-        embed, fp, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
-        searcher.check_model(fp, wpath)
+        embed, fp, pre, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
+        searcher.check_model(fp, wpath, pre)
         paths = [str(i) for i in images]
         results = search.query(searcher, embed, paths, k, include_self, binary, rerank)
     finally:
@@ -828,8 +829,8 @@ def viz_neighbors(
     searcher = search.Searcher(index_dir)
     try:
         recorded = searcher.manifest["model"].get("weights")
-        embed, fp, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
-        searcher.check_model(fp, wpath)
+        embed, fp, pre, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
+        searcher.check_model(fp, wpath, pre)
         results = search.query(searcher, embed, [str(i) for i in images], k, include_self)
     finally:
         searcher.close()

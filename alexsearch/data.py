@@ -20,14 +20,16 @@ from .pixels import RESIZE, ImageError, Preprocess, centre_offsets, decode, to_r
 # --------------------------------------------------------------------------- geometry
 
 
-def resize_centre(img: Image.Image, size: int = RESIZE) -> torch.Tensor:
+def resize_centre(img: Image.Image, size: int = RESIZE, squash: bool = False) -> torch.Tensor:
     """pixels.resize_centre as a uint8 tensor (3, s, s)."""
-    return torch.from_numpy(pixels.resize_centre(img, size)).permute(2, 0, 1)
+    return torch.from_numpy(pixels.resize_centre(img, size, squash)).permute(2, 0, 1)
 
 
-def load_256(path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, size: int = RESIZE):
+def load_256(
+    path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, size: int = RESIZE, squash: bool = False
+):
     """decode + resize_centre: the uint8 (3, 256, 256) every later step starts from."""
-    return resize_centre(decode(path, max_megapixels, draft_to=size), size)
+    return resize_centre(decode(path, max_megapixels, draft_to=size), size, squash)
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -101,7 +101,7 @@ def classify(
     model = ckpt.build(device)
     c1 = c5 = t1 = t5 = n = 0
     skipped = []
-    batches = train.loader(samples, batch_size, workers)
+    batches = train.loader(samples, batch_size, workers, squash=ckpt.preprocess.squash)
     for b, (u8, labels, bad) in enumerate(batches):
         skipped += bad
         if len(labels):

@@ -53,7 +53,7 @@ class _Files(torch.utils.data.Dataset):
             if not raw:
                 raise data.ImageError("empty file")
             img = data.decode(io.BytesIO(raw), self.max_megapixels, draft_to=self.pre.resize)
-            u8 = data.resize_centre(img, self.pre.resize)
+            u8 = data.resize_centre(img, self.pre.resize, self.pre.squash)
             crop = data.centre_crop(u8, self.pre.input_size).contiguous()
             thumb = _thumbnail(u8)
             return i, crop, "", digest, thumb
@@ -142,7 +142,7 @@ def extract(
 
 def extract_one(model, pre: data.Preprocess, path: str, max_megapixels: float, device="cpu"):
     """fc7 of one image (raises data.ImageError when it cannot be decoded)."""
-    u8 = data.load_256(path, max_megapixels, pre.resize)
+    u8 = data.load_256(path, max_megapixels, pre.resize, pre.squash)
     x = pre.normalize(data.centre_crop(u8, pre.input_size))[None].to(device)
     with torch.inference_mode():
         return model.features(x).float().cpu().numpy()[0]

@@ -126,6 +126,7 @@ def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = 
         channel_order="BGR",
         scale=255.0,
         mean=mean_values,
+        squash=True,  # bvlc_alexnet's data (and mean image) were squashed to 256x256
     )
     meta = {
         "source": "Caffe bvlc_alexnet",

@@ -199,13 +199,14 @@ def run(
 def _check_same_model(index_dir: Path, manifest: dict | None, model_info) -> None:
     if manifest is None:
         return
-    _, _, fp, wpath, _ = model_info
+    _, pre, fp, wpath, _ = model_info
     have = manifest["model"]
     if have["fingerprint"] != fp:
         raise store.IndexError_(
             f"{index_dir} was built with weights {have['fingerprint']} ({have.get('weights')}), "
             f"but these weights are {fp} ({wpath}); use the same weights or another --index"
         )
+    store.check_preprocess(index_dir, manifest, pre, wpath, "use the index's checkpoint")
 
 
 def _apply_moves_and_deletes(cat: store.Catalogue, work: Plan, summary: Summary):
@@ -285,6 +286,8 @@ def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
                 "resize": pre.resize,
                 "crop": f"centre {pre.input_size}",
                 "channel_order": pre.channel_order,
+                "geometry": pre.geometry(),
+                "signature": pre.signature(),
             },
             "metric": "L2",
             "generation": 0,

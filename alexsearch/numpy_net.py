@@ -51,7 +51,8 @@ class NumpyNet:
     def embed(self, path: str, max_megapixels: float) -> np.ndarray:
         """fc7 of one image file, preprocessed as indexing does (pixels.ImageError if bad)."""
         pre = self.preprocess
-        u8 = pixels.resize_centre(pixels.decode(path, max_megapixels, pre.resize), pre.resize)
+        img = pixels.decode(path, max_megapixels, pre.resize)
+        u8 = pixels.resize_centre(img, pre.resize, pre.squash)
         top, left = pixels.centre_offsets(pre.resize, pre.input_size)
         crop = u8[top : top + pre.input_size, left : left + pre.input_size].transpose(2, 0, 1)
         return self.features(pre.normalize_array(crop)[None])[0]

@@ -12,6 +12,7 @@ decode + resize and than torchvision.io.decode_jpeg on the CPU.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import warnings
@@ -44,6 +45,9 @@ class Preprocess:
     ``channel_order``. std: per-channel divisor or None (the paper uses none).
     pca_eigval / pca_eigvec: the RGB covariance of the training set on the [0, 1]
     scale (eigenvalues, and eigenvectors as columns), for the paper's PCA lighting.
+    squash: resize both sides to `resize`, ignoring the aspect ratio, as Caffe's
+    convert_imageset made bvlc_alexnet's data and mean image; False is the paper's
+    short side to `resize`, then the centre square.
     """
 
     input_size: int = 224
@@ -54,6 +58,7 @@ class Preprocess:
     std: list | None = None
     pca_eigval: list | None = None
     pca_eigvec: list | None = None
+    squash: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,6 +66,23 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict) -> Preprocess:
         return cls(**d)
+
+    def signature(self) -> str:
+        """A short hash of what decides the network input (not the PCA lighting, which
+        only training uses): an index refuses vectors made with other preprocessing, as
+        the same weights fed other pixels give other vectors."""
+        h = hashlib.sha256()
+        h.update(repr((self.input_size, self.resize, self.channel_order, self.squash)).encode())
+        h.update(repr((float(self.scale), self.std)).encode())
+        h.update(np.asarray(self.mean, dtype=np.float32).tobytes())
+        return h.hexdigest()[:16]
+
+    def geometry(self) -> str:
+        """The resize and crop in words, for `info` and `weights import`."""
+        r, c = self.resize, self.input_size
+        if self.squash:
+            return f"squash to {r}x{r}, aspect ignored (crops {c})"
+        return f"short side to {r}, centre {r}x{r} (crops {c})"
 
     def mean_array(self, size: int, offsets: tuple[int, int] | None = None) -> np.ndarray:
         """The mean as float32 (3, 1, 1), or a mean image's (3, size, size) window at
@@ -191,8 +213,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
 # --------------------------------------------------------------------------- geometry
 
 
-def resize_centre(img: Image.Image, size: int = RESIZE) -> np.ndarray:
-    """The paper's geometry: short side to `size`, centre `size` x `size`, uint8 (s, s, 3)."""
+def resize_centre(img: Image.Image, size: int = RESIZE, squash: bool = False) -> np.ndarray:
+    """The paper's geometry: short side to `size`, centre `size` x `size`, uint8 (s, s, 3).
+
+    squash: the whole image to `size` x `size` instead (Caffe's; see Preprocess.squash).
+    """
+    if squash:
+        return np.array(img.resize((size, size), Image.BILINEAR, reducing_gap=None), np.uint8)
     w, h = img.size
     scale = size / min(w, h)
     nw, nh = max(size, round(w * scale)), max(size, round(h * scale))

@@ -53,13 +53,15 @@ class Searcher:
     def fingerprint(self) -> str:
         return self.manifest["model"]["fingerprint"]
 
-    def check_model(self, fingerprint: str, weights_path) -> None:
+    def check_model(self, fingerprint: str, weights_path, pre) -> None:
+        fix = "query with the index's weights or rebuild the index"
         if fingerprint != self.fingerprint:
             raise store.IndexError_(
                 f"{self.dir} was built with weights {self.fingerprint} "
                 f"({self.manifest['model'].get('weights')}), but the query uses {fingerprint} "
-                f"({weights_path}); query with the index's weights or rebuild the index"
+                f"({weights_path}); {fix}"
             )
+        store.check_preprocess(self.dir, self.manifest, pre, weights_path, fix)
 
     def search(self, vectors: np.ndarray, k: int, exclude_ids=None) -> list[list[Hit]]:
         """k nearest per row of `vectors`; exclude_ids[i] is left out of row i's results."""
@@ -173,7 +175,7 @@ def query(
 
 
 def embedder(weights_path, recorded: str | None, device: str, max_megapixels: float):
-    """(embed, fingerprint, weights path) for queries with the resolved weights.
+    """(embed, fingerprint, preprocess, weights path) for queries with the resolved weights.
 
     On the CPU the network runs on numpy (numpy_net) whenever the checkpoint is one it
     reads, so a query never imports torch (~2 s); otherwise, and on a GPU, torch."""
@@ -182,7 +184,8 @@ def embedder(weights_path, recorded: str | None, device: str, max_megapixels: fl
     path = locations.resolve(weights_path, recorded)
     net = numpy_net.load(path) if str(device).strip().lower() == "cpu" else None
     if net is not None:
-        return (lambda p: net.embed(p, max_megapixels)), net.fingerprint, path.resolve()
+        embed = lambda p: net.embed(p, max_megapixels)  # noqa: E731
+        return embed, net.fingerprint, net.preprocess, path.resolve()
     from . import weights
     from .extract import extract_one, resolve_device
 
@@ -194,7 +197,7 @@ def embedder(weights_path, recorded: str | None, device: str, max_megapixels: fl
     def embed(p: str) -> np.ndarray:
         return extract_one(model, pre, p, max_megapixels, dev)
 
-    return embed, ckpt.fingerprint, path.resolve()
+    return embed, ckpt.fingerprint, pre, path.resolve()
 
 
 def result_dicts(results: list[Result]) -> list[dict]:

@@ -393,6 +393,21 @@ def weights_signature(path) -> list:
     return [str(p), st.st_size, st.st_mtime_ns]
 
 
+def check_preprocess(index_dir: Path, manifest: dict, pre, weights_path, fix: str) -> None:
+    """Refuse a checkpoint whose weights match the index's but whose preprocessing (mean,
+    channel order, geometry) does not: its vectors would not be comparable. Indexes made
+    before the signature was recorded are not checked."""
+    recorded = manifest.get("preprocess", {})
+    if recorded.get("signature") in (None, pre.signature()):
+        return
+    was, now = recorded.get("geometry"), pre.geometry()
+    what = f"{was} vs {now}" if was != now else "mean, pixel scale or channel order"
+    raise IndexError_(
+        f"{index_dir} was built with these weights but other preprocessing ({what}) than "
+        f"{weights_path}'s; {fix}"
+    )
+
+
 def disk_bytes(index_dir: Path) -> int:
     return sum(p.stat().st_size for p in index_dir.iterdir() if p.is_file())
 
@@ -413,6 +428,7 @@ def describe(index: str | os.PathLike | None) -> dict:
         "weights": m["model"].get("weights"),
         "fingerprint": m["model"]["fingerprint"],
         "layer": m["model"].get("layer"),
+        "geometry": m.get("preprocess", {}).get("geometry", "not recorded"),
         "dimension": m["dimension"],
         "kind": m["kind"],
         "metric": m["metric"],

@@ -153,10 +153,13 @@ def labelled(root: Path, limit: int | None, seed: int) -> tuple[list[str], list]
 class Images(torch.utils.data.Dataset):
     """(path, label) -> uint8 (3, 256, 256); an unreadable file comes back as its reason."""
 
-    def __init__(self, samples, resize: int = data.RESIZE, max_megapixels: float = 100.0):
+    def __init__(
+        self, samples, resize: int = data.RESIZE, max_megapixels: float = 100.0, squash=False
+    ):
         self.samples = samples
         self.resize = resize
         self.max_megapixels = max_megapixels
+        self.squash = squash
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -164,7 +167,8 @@ class Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
-            return data.load_256(path, self.max_megapixels, self.resize), label, path, ""
+            u8 = data.load_256(path, self.max_megapixels, self.resize, self.squash)
+            return u8, label, path, ""
         except data.ImageError as e:
             return None, label, path, str(e)
 
@@ -178,9 +182,11 @@ def collate(items):
     return torch.stack([it[0] for it in ok]), torch.tensor([it[1] for it in ok]), bad
 
 
-def loader(samples, batch_size, workers, sampler=None, pin=False, max_megapixels=100.0):
+def loader(
+    samples, batch_size, workers, sampler=None, pin=False, max_megapixels=100.0, squash=False
+):
     return torch.utils.data.DataLoader(
-        Images(samples, max_megapixels=max_megapixels),
+        Images(samples, max_megapixels=max_megapixels, squash=squash),
         batch_size=batch_size,
         sampler=sampler,
         shuffle=False,

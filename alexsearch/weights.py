@@ -56,6 +56,7 @@ class Checkpoint:
             "input_size": self.preprocess.input_size,
             "channel_order": self.preprocess.channel_order,
             "pixel_scale": self.preprocess.scale,
+            "geometry": self.preprocess.geometry(),
             "mean": "image" if torch.as_tensor(self.preprocess.mean).ndim > 1 else "per-channel",
             "lrn": None if self.arch.lrn is None else self.arch.lrn.__dict__,
             "fingerprint": self.fingerprint,

@@ -110,3 +110,35 @@ def test_class_mapping_rules():
     assert evaluate.class_mapping(["b", "a"], ["a", "b", "c"], 3) == ([1, 0], "by name")
     idx, how = evaluate.class_mapping(["x", "y"], ["class_0", "class_1"], 2)
     assert idx == [0, 1] and how.startswith("by sorted order")
+
+
+def test_eval_feeds_a_squash_checkpoint_squashed_photos(tmp_path, monkeypatch, capsys):
+    """A checkpoint made from Caffe's bvlc_alexnet (Preprocess.squash) is evaluated on
+    photos squashed to 256x256, as it was trained; the paper's own on centre squares."""
+    import numpy as np
+    from PIL import Image
+
+    from alexsearch.cli import main
+
+    for name, size in (("wide", (390, 150)), ("tall", (120, 300))):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
+        rgb = np.stack([xx % 256, yy % 256, (xx // 20 + yy // 20) % 2 * 255], -1)
+        Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "val" / name / "0.png")
+    _, samples = data.labelled_folder(tmp_path / "val")
+    fed = []
+    real = evaluate.ten_crop_probs
+    monkeypatch.setattr(
+        evaluate, "ten_crop_probs", lambda model, u8, *a: fed.append(u8) or real(model, u8, *a)
+    )
+    for squash in (True, False):
+        ckpt = weights.init_checkpoint(2, seed=0, classes=["tall", "wide"])
+        ckpt.preprocess = data.Preprocess(mean=[120.0] * 3, squash=squash)
+        weights.save(ckpt, tmp_path / "net.ckpt")
+        fed.clear()
+        main(["eval", "--data", str(tmp_path), "--weights", str(tmp_path / "net.ckpt"),
+              "--device", "cpu", "--workers", "0", "--json"])  # fmt: skip
+        assert json.loads(capsys.readouterr().out)["images"] == 2
+        want = torch.stack([data.load_256(p, squash=squash) for p, _ in samples])
+        other = torch.stack([data.load_256(p, squash=not squash) for p, _ in samples])
+        assert torch.equal(torch.cat(fed), want) and not torch.equal(want, other)

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ from caffe_proto import (
     write,
 )
 
-from alexsearch import caffemodel, importers, weights
+from alexsearch import caffemodel, data, extract, importers, weights
 from alexsearch.caffemodel import CaffemodelError
 from alexsearch.data import centre_crop
 from alexsearch.model import CAFFE, TORCHVISION
@@ -198,6 +199,71 @@ def test_v2_caffemodel_with_mean_file_and_labels(caffe_files, params, images, tm
     # the mean image matters: with Caffe's per-channel mean the answer differs
     other7, _ = caffe_forward(params, caffe_input(images, CAFFE_MEAN))
     assert (other7 - fc7.double()).abs().max() > 1e-2 * other7.abs().max()
+
+
+def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
+    caffe_files, params, tmp_path, capsys
+):
+    """bvlc_alexnet's images and mean were squashed to 256x256 (convert_imageset), not cut
+    to the paper's centre square: every path that embeds a photo does what Caffe did."""
+    from PIL import Image
+
+    from alexsearch import numpy_net, store
+
+    ckpt_path = tmp_path / "v1.ckpt"
+    run(capsys, "weights", "import", caffe_files / "bvlc_v1.caffemodel", "--out", ckpt_path)
+    info = json.loads(run(capsys, "info", "--weights", ckpt_path, "--json").stdout)
+    assert info["geometry"].startswith("squash to 256x256")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    yy, xx = np.mgrid[0:150, 0:390]  # wide, so squash and centre square see different pixels
+    rgb = np.stack([xx * 255 // 389, yy * 255 // 149, (xx // 30 + yy // 30) % 2 * 255], -1)
+    Image.fromarray(rgb.astype(np.uint8)).save(photos / "wide.png")
+
+    squashed = np.asarray(Image.open(photos / "wide.png").resize((256, 256), Image.BILINEAR))
+    u8 = torch.from_numpy(squashed.copy()).permute(2, 0, 1)[None]
+    want, _ = caffe_forward(params, caffe_input(u8, CAFFE_MEAN))
+    square = data.load_256(photos / "wide.png")[None]  # the paper's geometry
+    paper, _ = caffe_forward(params, caffe_input(square, CAFFE_MEAN))
+    assert (paper - want).abs().max() > 0.05 * want.abs().max()  # the geometry shows
+
+    # indexing (the decode workers), query's torch path, query's numpy path
+    index = tmp_path / "ix"
+    cli("index", photos, "--index", index, "--weights", ckpt_path, "--device", "cpu")
+    cat = store.Catalogue(index / "catalogue.sqlite", readonly=True)
+    try:
+        indexed = cat.vector_of(cat.id_of(str((photos / "wide.png").resolve())))
+    finally:
+        cat.close()
+    assert_close(torch.from_numpy(indexed.copy())[None], want)
+    described = json.loads(run(capsys, "info", "--index", index, "--json").stdout)
+    assert described["geometry"] == info["geometry"]
+    ckpt = weights.load(ckpt_path)
+    got = extract.extract_one(ckpt.build(), ckpt.preprocess, str(photos / "wide.png"), 100.0)
+    assert_close(torch.from_numpy(got)[None], want)
+    net = numpy_net.load(ckpt_path)
+    assert_close(torch.from_numpy(net.embed(str(photos / "wide.png"), 100.0))[None], want)
+
+    # The same weights with other pixels make other vectors: the index refuses them.
+    square_ckpt = tmp_path / "square.ckpt"
+    weights.save(replace(ckpt, preprocess=replace(ckpt.preprocess, squash=False)), square_ckpt)
+    mean_ckpt = tmp_path / "mean.ckpt"
+    weights.save(replace(ckpt, preprocess=replace(ckpt.preprocess, mean=[0.0] * 3)), mean_ckpt)
+
+    def published():  # the manifest and the snapshot it names, byte for byte
+        return {p.name: p.read_bytes() for p in index.glob("[mv]*")}
+
+    before = published()
+    for other, what in ((square_ckpt, "squash to 256x256"), (mean_ckpt, "mean")):
+        assert weights.load(other).fingerprint == ckpt.fingerprint
+        for device in ("cpu", "auto"):  # query's numpy path and its torch path
+            r = cli("query", photos / "wide.png", "--index", index, "--weights", other,
+                    "--device", device, check=False)  # fmt: skip
+            one_line_error(r, "other preprocessing", what)
+        r = cli("index", photos, "--index", index, "--weights", other, check=False)
+        one_line_error(r, "other preprocessing", what)
+    assert published() == before
+    cli("query", photos / "wide.png", "--index", index, "--weights", ckpt_path)
 
 
 def test_default_output_sits_beside_the_input_and_never_replaces_it(caffe_files, tmp_path, capsys):

@@ -143,7 +143,7 @@ def test_damaged_or_unusual_checkpoints_fall_back_to_torchs_loader(init_ckpt, tm
     ck.state_dict = {k: v.double() for k, v in ck.state_dict.items()}
     weights.save(ck, tmp_path / "f64.ckpt")
     assert numpy_net.load(tmp_path / "f64.ckpt") is None
-    embed, fp, _ = search.embedder(tmp_path / "f64.ckpt", None, "cpu", 100)
+    embed, fp, _, _ = search.embedder(tmp_path / "f64.ckpt", None, "cpu", 100)
     assert fp == weights.load(tmp_path / "f64.ckpt").fingerprint
     img = tmp_path / "x.png"
     Image.new("RGB", (300, 260), (200, 30, 40)).save(img)
