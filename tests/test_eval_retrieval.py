@@ -4,7 +4,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ import torch
 
 from alexsearch import evaluate, indexer, store
 from alexsearch.model import AlexNet
+from alexsearch.pixels import Preprocess
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -30,7 +30,7 @@ def planted_index(ix: Path, files: dict[str, tuple[float, int]]) -> None:
         vec[0] = x
         cat.put(path, 1, 1, path, vec, bytes([grey]) * 3072)
     cat.commit()
-    pre = SimpleNamespace(resize=256, input_size=224, channel_order="RGB")
+    pre = Preprocess()
     with torch.device("meta"):  # only its shape is read
         model = AlexNet(init=False)
     indexer._publish(ix, cat, None, (model, pre, "planted", "none", "fc7"), "flat", None)
