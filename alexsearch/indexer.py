@@ -197,16 +197,11 @@ def run(
 
 
 def _check_same_model(index_dir: Path, manifest: dict | None, model_info) -> None:
-    if manifest is None:
-        return
-    _, pre, fp, wpath, _ = model_info
-    have = manifest["model"]
-    if have["fingerprint"] != fp:
-        raise store.IndexError_(
-            f"{index_dir} was built with weights {have['fingerprint']} ({have.get('weights')}), "
-            f"but these weights are {fp} ({wpath}); use the same weights or another --index"
+    if manifest is not None:
+        _, pre, fp, wpath, _ = model_info
+        store.check_model(
+            index_dir, manifest, fp, pre, wpath, "use the index's weights or another --index"
         )
-    store.check_preprocess(index_dir, manifest, pre, wpath, "use the index's checkpoint")
 
 
 def _apply_moves_and_deletes(cat: store.Catalogue, work: Plan, summary: Summary):

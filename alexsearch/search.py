@@ -49,19 +49,9 @@ class Searcher:
                 self.manifest = fresh
         self.catalogue = store.Catalogue(self.dir / "catalogue.sqlite", readonly=True)
 
-    @property
-    def fingerprint(self) -> str:
-        return self.manifest["model"]["fingerprint"]
-
     def check_model(self, fingerprint: str, weights_path, pre) -> None:
         fix = "query with the index's weights or rebuild the index"
-        if fingerprint != self.fingerprint:
-            raise store.IndexError_(
-                f"{self.dir} was built with weights {self.fingerprint} "
-                f"({self.manifest['model'].get('weights')}), but the query uses {fingerprint} "
-                f"({weights_path}); {fix}"
-            )
-        store.check_preprocess(self.dir, self.manifest, pre, weights_path, fix)
+        store.check_model(self.dir, self.manifest, fingerprint, pre, weights_path, fix)
 
     def search(self, vectors: np.ndarray, k: int, exclude_ids=None) -> list[list[Hit]]:
         """k nearest per row of `vectors`; exclude_ids[i] is left out of row i's results."""

@@ -393,10 +393,17 @@ def weights_signature(path) -> list:
     return [str(p), st.st_size, st.st_mtime_ns]
 
 
-def check_preprocess(index_dir: Path, manifest: dict, pre, weights_path, fix: str) -> None:
-    """Refuse a checkpoint whose weights match the index's but whose preprocessing (mean,
-    channel order, geometry) does not: its vectors would not be comparable. Indexes made
-    before the signature was recorded are not checked."""
+def check_model(index_dir: Path, manifest: dict, fingerprint: str, pre, weights_path, fix):
+    """Refuse weights other than the index's, and the same weights with other
+    preprocessing (mean, channel order, geometry): either way their vectors would not be
+    comparable. Indexes made before the preprocessing signature was recorded are checked
+    on the weights alone."""
+    have = manifest["model"]
+    if have["fingerprint"] != fingerprint:
+        raise IndexError_(
+            f"{index_dir} was built with weights {have['fingerprint']} ({have.get('weights')}), "
+            f"but {weights_path} holds {fingerprint}; {fix}"
+        )
     recorded = manifest.get("preprocess", {})
     if recorded.get("signature") in (None, pre.signature()):
         return
