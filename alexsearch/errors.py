@@ -9,3 +9,11 @@ class UserError(Exception):
 
 class WeightsError(UserError):
     """A weights file that cannot be used, with a one-line reason."""
+
+
+class IndexError_(UserError):
+    """An index that is missing, locked, mismatched or damaged."""
+
+
+class CodesError(UserError):
+    """Binary codes missing, mismatched or unreadable."""

@@ -66,10 +66,10 @@ def cifar_index(work: Path, per_class: int, weights: Path | None) -> tuple[Path,
 
 
 def quality(ix: Path, epochs: int, rerank: int) -> dict:
-    from alexsearch import evaluate
+    from alexsearch.evaluate import retrieval
 
     t = time.perf_counter()
-    res = evaluate.retrieval(ix, binary=True, epochs=epochs, rerank=rerank)
+    res = retrieval.retrieval(ix, binary=True, epochs=epochs, rerank=rerank)
     res["seconds"] = time.perf_counter() - t
     return res
 

@@ -24,7 +24,7 @@ import torch
 import torchvision
 from torch import nn
 
-from alexsearch.model import AlexNet
+from alexsearch.net.alexnet import AlexNet
 
 
 class TorchLRNAlexNet(AlexNet):

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 from caffe_proto import bvlc_net, bvlc_params, key, varint, write  # noqa: E402
 from test_caffemodel_fuzz import SEEDS  # noqa: E402
 
-from alexsearch import caffemodel  # noqa: E402
-from alexsearch.caffemodel import CaffemodelError  # noqa: E402
+from alexsearch.weights import caffemodel  # noqa: E402
+from alexsearch.weights.caffemodel import CaffemodelError  # noqa: E402
 
 
 def mutate(rng: random.Random, data: bytes) -> bytes:

@@ -2,7 +2,7 @@
 
 Mutates small JPEG/PNG/GIF/BMP/WebP/TIFF files (bit flips, overwrites, cuts, inserts,
 duplicated runs, extreme header sizes) for a time budget and feeds each to
-alexsearch.data.decode + resize_centre. Anything other than data.ImageError is a bug: its
+alexsearch.data.decode + resize_centre. Anything other than decode.ImageError is a bug: its
 input is saved under --out for a reproducer. Prints the rate beside the baseline of
 decoding the unmutated files in the same run, and the outcomes.
 
@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexsearch import data
+from alexsearch.data import crops
+from alexsearch.images import decode
 
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 MAX_MP = 2.0
@@ -68,10 +69,10 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
 
 def decode_once(raw: bytes) -> str:
     try:
-        img = data.decode(io.BytesIO(raw), max_megapixels=MAX_MP)
-        data.resize_centre(img)
+        img = decode.decode(io.BytesIO(raw), max_megapixels=MAX_MP)
+        crops.resize_centre_tensor(img)
         return "decoded"
-    except data.ImageError as e:
+    except decode.ImageError as e:
         return "ImageError: " + re.sub(r"\d+", "N", str(e))[:60]
 
 

@@ -37,11 +37,11 @@ def baseline(photos: str, weights: str, workers: int) -> dict:
     import torchvision.transforms as T
     from PIL import Image
 
-    from alexsearch import weights as W
-    from alexsearch.imagefiles import is_image_name
+    from alexsearch.images.files import is_image_name
+    from alexsearch.weights import checkpoint
 
     t0 = time.perf_counter()
-    ckpt = W.load(weights)
+    ckpt = checkpoint.load(weights)
     model = ckpt.build("cpu")
     pre = ckpt.preprocess
     tf = T.Compose(
@@ -139,10 +139,10 @@ def main() -> None:
             photos = str(sub)
         weights = args.weights
         if weights is None:
-            from alexsearch import weights as W
+            from alexsearch.weights import checkpoint
 
             weights = str(tmp / "init.ckpt")
-            W.save(W.init_checkpoint(1000, seed=0), weights)
+            checkpoint.save(checkpoint.init_checkpoint(1000, seed=0), weights)
         cores = os.cpu_count() or 1
         ours, base = [], []
         for _ in range(args.repeats):  # interleaved, so machine noise hits both alike

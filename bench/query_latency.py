@@ -33,7 +33,8 @@ import numpy as np
 BASELINE = r"""
 import sqlite3, sys, time, faiss, torch, torchvision.transforms as T
 from PIL import Image
-from alexsearch.model import AlexNet, ArchConfig
+from alexsearch.net.alexnet import AlexNet
+from alexsearch.net.arch import ArchConfig
 ix, img, ckpt = sys.argv[1:4]
 raw = torch.load(ckpt, weights_only=True)
 model = AlexNet(ArchConfig.from_dict(raw["arch"]), init=False)
@@ -52,12 +53,12 @@ print([db.execute("SELECT path FROM files WHERE id=?", (int(j),)).fetchone()[0] 
 
 
 def build(index_dir: Path, n: int, kind: str, weights: str) -> None:
-    from alexsearch import indexer, store
-    from alexsearch import weights as W
+    from alexsearch.index import build, catalogue, lock
+    from alexsearch.weights import checkpoint
 
-    ckpt = W.load(weights)
+    ckpt = checkpoint.load(weights)
     index_dir.mkdir(parents=True)
-    cat = store.Catalogue(index_dir / "catalogue.sqlite")
+    cat = catalogue.Catalogue(index_dir / "catalogue.sqlite")
     rng = np.random.default_rng(0)
     chunk = 5000
     for start in range(0, n, chunk):
@@ -67,8 +68,8 @@ def build(index_dir: Path, n: int, kind: str, weights: str) -> None:
             cat.put(f"/synthetic/{i // 1000:03d}/{i:06d}.jpg", 1, 1, f"{i:032x}", v, b"")
         cat.commit()
     info = (ckpt.build(), ckpt.preprocess, ckpt.fingerprint, Path(weights).resolve(), "fc7")
-    with store.write_lock(index_dir):
-        indexer._publish(index_dir, cat, None, info, kind, None)
+    with lock.write_lock(index_dir):
+        build._publish(index_dir, cat, None, info, kind, None)
     cat.close()
 
 
@@ -90,13 +91,13 @@ def main() -> None:
 
     from PIL import Image
 
-    from alexsearch import weights as W
+    from alexsearch.weights import checkpoint
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     weights = work / "init.ckpt"
     if not weights.exists():
-        W.save(W.init_checkpoint(1000, seed=0), weights)
+        checkpoint.save(checkpoint.init_checkpoint(1000, seed=0), weights)
     img = work / "query.jpg"
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)).save(img)
@@ -113,7 +114,7 @@ def main() -> None:
 
 
 def measure(ix: Path, img: Path, weights: Path, repeats: int, rng) -> dict:
-    from alexsearch import search
+    from alexsearch.index import search
 
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": str(weights)}
     ours_cmd = [sys.executable, "-m", "alexsearch", "query", str(img), "--index", str(ix), "--json"]

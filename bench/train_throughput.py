@@ -26,8 +26,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alexsearch import data, train  # noqa: E402
-from alexsearch.model import AlexNet, ArchConfig  # noqa: E402
+from alexsearch.data import loader  # noqa: E402
+from alexsearch.images import folders, preprocess  # noqa: E402
+from alexsearch.net.alexnet import AlexNet  # noqa: E402
+from alexsearch.net.arch import ArchConfig  # noqa: E402
+from alexsearch.train import loop, plan, sgd  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -62,13 +65,13 @@ def make_model(device, fast: bool, compile_: bool, classes: int):
 
 def ours_step(device, compile_, classes, pre):
     net, model = make_model(device, True, compile_, classes)
-    opt = train.PaperSGD(net.parameters(), lr=1e-4)
+    opt = sgd.PaperSGD(net.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
-    autocast = train.autocast_for(device, True)
+    autocast = plan.autocast_for(device, True)
 
     def step(batch):
         u8, labels = batch[0], batch[1]
-        x = train.augment(u8, pre, gen, 0.1, device)
+        x = loop.augment(u8, pre, gen, 0.1, device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():
@@ -118,9 +121,9 @@ def main() -> None:
     ap.add_argument("--jpeg-dir")
     ap.add_argument("--compile", action="store_true")
     a = ap.parse_args()
-    device = train.parse_devices(a.device)[0]
+    device = plan.parse_devices(a.device)[0]
     bs, steps, classes = a.batch_size, a.steps, 10
-    pre = data.Preprocess(
+    pre = preprocess.Preprocess(
         mean=[125.3, 123.0, 113.9],
         pca_eigval=[0.2, 0.02, 0.005],
         pca_eigvec=torch.linalg.qr(torch.randn(3, 3))[0].tolist(),
@@ -148,10 +151,10 @@ def main() -> None:
     from torchvision import datasets, transforms
 
     root = jpeg_folder(a.jpeg_dir)
-    classes_found, samples = data.labelled_folder(root)
+    classes_found, samples = folders.labelled_folder(root)
     n = min(len(samples), bs * (steps + 1))
     samples = samples[:: max(1, len(samples) // n)][:n]
-    ours = train.loader(samples, bs, a.workers, pin=device.type == "cuda")
+    ours = loader.loader(samples, bs, a.workers, pin=device.type == "cuda")
     results["jpeg ours"] = timed(
         ours, ours_step(device, a.compile, len(classes_found), pre), device, 1
     )

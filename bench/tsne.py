@@ -44,22 +44,22 @@ def main() -> None:
     a = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(a.threads))
 
-    from alexsearch import viz
+    from alexsearch.viz import tsne
 
     x, labels = clustered(a.n)
     t = time.perf_counter()
-    x50 = viz.pca50(x)
+    x50 = tsne.pca50(x)
     t_pca = time.perf_counter() - t
     print(f"{a.n} points, 4096-d -> PCA 50 in {t_pca:.1f} s, {a.threads} threads", flush=True)
 
     t = time.perf_counter()
-    y = viz.tsne_2d(x50, method="opentsne", threads=a.threads)
+    y = tsne.tsne_2d(x50, method="opentsne", threads=a.threads)
     t_open = time.perf_counter() - t
     agree = knn_agreement(y, labels)
     print(f"openTSNE (FFT)           {t_open:6.1f} s   10-NN agreement {agree:.3f}", flush=True)
     if not a.skip_sklearn:
         t = time.perf_counter()
-        y = viz.tsne_2d(x50, method="sklearn", threads=a.threads)
+        y = tsne.tsne_2d(x50, method="sklearn", threads=a.threads)
         t_sk = time.perf_counter() - t
         print(
             f"scikit-learn (BH) [base] {t_sk:6.1f} s   10-NN agreement "

@@ -11,7 +11,7 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 @pytest.fixture(scope="session")
 def paper_model():
-    from alexsearch.model import AlexNet
+    from alexsearch.net.alexnet import AlexNet
 
     torch.manual_seed(0)
     return AlexNet().eval()
@@ -20,10 +20,10 @@ def paper_model():
 @pytest.fixture(scope="session")
 def init_ckpt(tmp_path_factory):
     """An untrained, paper-initialised 10-class checkpoint written through the CLI's library."""
-    from alexsearch import weights
+    from alexsearch.weights import checkpoint
 
     path = tmp_path_factory.mktemp("weights") / "init10.ckpt"
-    weights.save(weights.init_checkpoint(10, seed=1), path)
+    checkpoint.save(checkpoint.init_checkpoint(10, seed=1), path)
     return path
 
 

@@ -13,9 +13,9 @@ from caffe_proto import blob, encode, key, layer, ld, net, varint
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexsearch import caffemodel, importers
-from alexsearch.caffemodel import CaffemodelError
 from alexsearch.errors import UserError
+from alexsearch.weights import caffemodel, importers
+from alexsearch.weights.caffemodel import CaffemodelError
 
 
 def seeds() -> list[bytes]:

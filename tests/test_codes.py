@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from alexsearch import codes
+from alexsearch import errors
+from alexsearch.index import autoencoder, codes
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -26,7 +27,7 @@ def clusters(n_per=25, k=4, dim=4096, seed=0):
 
 def test_codes_are_binary_deterministic_and_survive_save_load(tmp_path):
     x, _ = clusters()
-    coder = codes.train(x, bits=32, epochs=4, fingerprint="abc", seed=3)
+    coder = autoencoder.train(x, bits=32, epochs=4, fingerprint="abc", seed=3)
     b = coder.bits01(x)
     assert b.shape == (len(x), 32) and set(np.unique(b)) <= {0, 1}
     packed = coder.encode(x)
@@ -35,16 +36,16 @@ def test_codes_are_binary_deterministic_and_survive_save_load(tmp_path):
     assert np.array_equal(coder.encode(x), packed)  # same input, same codes
     assert np.array_equal(coder.encode(x[7:8]), packed[7:8])  # alone or in a batch
     coder.save(tmp_path / "ae.pt")
-    again = codes.load(tmp_path / "ae.pt", "abc")
+    again = autoencoder.load(tmp_path / "ae.pt", "abc")
     assert np.array_equal(again.encode(x), packed)
     assert len(again.history) == 4 and all(0 <= e for e in again.history)
     # the same seed trains the same autoencoder
-    assert np.array_equal(codes.train(x, 32, 4, "abc", seed=3).encode(x), packed)
+    assert np.array_equal(autoencoder.train(x, 32, 4, "abc", seed=3).encode(x), packed)
 
 
 def test_clusters_give_hamming_neighbours_from_their_own_cluster():
     x, label = clusters()
-    coder = codes.train(x, bits=64, epochs=8, fingerprint="f")
+    coder = autoencoder.train(x, bits=64, epochs=8, fingerprint="f")
     index = codes.build_binary_index(np.arange(len(x)) + 100, coder.encode(x), 64)
     dist, ids = codes.hamming_knn(index, coder.encode(x), 6)
     assert dist.dtype == np.int32 and (dist[:, 0] == 0).all()  # each finds its own code
@@ -56,15 +57,15 @@ def test_clusters_give_hamming_neighbours_from_their_own_cluster():
 
 
 def test_bad_bits_and_refused_autoencoder(tmp_path):
-    with pytest.raises(codes.CodesError, match="multiple of 8"):
-        codes.check_bits(30)
+    with pytest.raises(errors.CodesError, match="multiple of 8"):
+        autoencoder.check_bits(30)
     x, _ = clusters(n_per=5)
-    codes.train(x, 16, 1, fingerprint="model-A").save(tmp_path / "a.pt")
-    with pytest.raises(codes.CodesError, match="trained on features of weights model-A"):
-        codes.load(tmp_path / "a.pt", "model-B")
+    autoencoder.train(x, 16, 1, fingerprint="model-A").save(tmp_path / "a.pt")
+    with pytest.raises(errors.CodesError, match="trained on features of weights model-A"):
+        autoencoder.load(tmp_path / "a.pt", "model-B")
     (tmp_path / "junk.pt").write_bytes(b"not a zip")
-    with pytest.raises(codes.CodesError, match="not a readable autoencoder"):
-        codes.load(tmp_path / "junk.pt")
+    with pytest.raises(errors.CodesError, match="not a readable autoencoder"):
+        autoencoder.load(tmp_path / "junk.pt")
 
 
 # --------------------------------------------------------------------------- through the CLI
@@ -111,7 +112,7 @@ def test_codes_command_summary_and_files(built, env):
     for k in ("autoencoder", "codes_file", "index_file"):
         assert (ix / m[k]).is_file()
     # stored codes are what the saved autoencoder makes of the catalogue's vectors
-    coder = codes.load(ix / m["autoencoder"], s["fingerprint"])
+    coder = autoencoder.load(ix / m["autoencoder"], s["fingerprint"])
     vecs = ok_vectors(ix)
     have = stored_codes(ix)
     assert set(have) == set(vecs)
@@ -173,7 +174,7 @@ def test_incremental_index_keeps_codes_in_step(env, tmp_path):
     assert not (ix / m0["codes_file"]).exists() and (ix / m["codes_file"]).exists()
     have, vecs = stored_codes(ix), ok_vectors(ix)
     assert set(have) == set(vecs) and gone_id not in have
-    coder = codes.load(ix / m["autoencoder"])
+    coder = autoencoder.load(ix / m["autoencoder"])
     for i, (_, v) in vecs.items():
         assert have[i] == coder.encode(v[None])[0].tobytes()
         if i in before:

@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from alexsearch import data
-from alexsearch.data import ImageError, Preprocess
+from alexsearch.data import crops, lighting
+from alexsearch.images import decode, folders
+from alexsearch.images.decode import ImageError
+from alexsearch.images.preprocess import Preprocess
 
 RED = (200, 30, 40)
 
@@ -46,7 +48,7 @@ def test_decodes_every_format_and_mode_to_rgb(tmp_path, fmt, mode, ext):
         img = Image.fromarray(np.full((30, 40), 40000, dtype=np.uint16))
     path = tmp_path / f"x{ext}"
     img.save(path, fmt)
-    out = data.decode(path)
+    out = decode.decode(path)
     assert out.mode == "RGB" and out.size == (40, 30)
     px = np.asarray(out)[15, 20].astype(int)
     if mode == "I;16":
@@ -60,19 +62,19 @@ def test_decodes_every_format_and_mode_to_rgb(tmp_path, fmt, mode, ext):
 def test_sixteen_bit_png_keeps_its_range(tmp_path):
     ramp = (np.arange(64, dtype=np.uint16)[None, :] * 1000).repeat(8, 0)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
-    g = np.asarray(data.decode(tmp_path / "deep.png"))[0, :, 0].astype(int)
+    g = np.asarray(decode.decode(tmp_path / "deep.png"))[0, :, 0].astype(int)
     assert g[0] == 0 and abs(g[-1] - round(63000 / 65535 * 255)) <= 1 and (np.diff(g) >= 0).all()
 
 
 def test_transparency_is_composited_on_white(tmp_path):
     Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(tmp_path / "clear.png")
-    assert np.asarray(data.decode(tmp_path / "clear.png")).min() == 255
+    assert np.asarray(decode.decode(tmp_path / "clear.png")).min() == 255
 
 
 def test_gif_first_frame(tmp_path):
     frames = [Image.new("RGB", (10, 10), c).convert("P") for c in [(255, 0, 0), (0, 0, 255)]]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
-    px = np.asarray(data.decode(tmp_path / "a.gif"))[5, 5]
+    px = np.asarray(decode.decode(tmp_path / "a.gif"))[5, 5]
     assert px[0] > 200 and px[2] < 50
 
 
@@ -82,14 +84,14 @@ def test_exif_orientation_is_honoured(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     img.save(tmp_path / "r.jpg", exif=exif.tobytes(), quality=95)
-    out = np.asarray(data.decode(tmp_path / "r.jpg"))
+    out = np.asarray(decode.decode(tmp_path / "r.jpg"))
     assert out.shape[:2] == (60, 20)
     assert out[:10].mean() > 200 and out[-10:].mean() < 50  # left band now on top
 
 
 def test_jpeg_draft_never_goes_below_the_target(tmp_path):
     Image.new("RGB", (2000, 1100), RED).save(tmp_path / "big.jpg")
-    out = data.decode(tmp_path / "big.jpg", draft_to=256)
+    out = decode.decode(tmp_path / "big.jpg", draft_to=256)
     assert min(out.size) >= 256 and out.size[0] < 2000
 
 
@@ -120,7 +122,7 @@ def test_bad_files_raise_one_clear_reason(tmp_path, content, reason):
     p = tmp_path / "bad.jpg"
     p.write_bytes(content)
     with pytest.raises(ImageError, match=reason):
-        data.decode(p)
+        decode.decode(p)
 
 
 def test_truncated_jpeg_is_an_error(tmp_path):
@@ -130,34 +132,34 @@ def test_truncated_jpeg_is_an_error(tmp_path):
     )
     (tmp_path / "t.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     with pytest.raises(ImageError, match="cannot decode"):
-        data.decode(tmp_path / "t.jpg")
+        decode.decode(tmp_path / "t.jpg")
 
 
 def test_resize_short_side_then_centre():
     img = Image.new("RGB", (512, 300), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 100, 300))  # white left of the centre square (105..)
-    x = data.resize_centre(img, 256)
+    x = crops.resize_centre_tensor(img, 256)
     assert x.shape == (3, 256, 256) and x.dtype == torch.uint8
     assert x[:, :, :4].float().mean() < 10  # the band was cropped away
-    tiny = data.resize_centre(Image.new("RGB", (32, 32), RED), 256)
+    tiny = crops.resize_centre_tensor(Image.new("RGB", (32, 32), RED), 256)
     assert tiny.shape == (3, 256, 256) and abs(int(tiny[0, 128, 128]) - RED[0]) <= 1
 
 
 def test_ten_crop_positions_and_mirrors():
     s, c = 8, 5
     x = torch.arange(s * s).view(1, s, s).expand(3, s, s).clone()
-    crops = data.ten_crop(x, c)
-    assert crops.shape == (10, 3, c, c)
+    ten = crops.ten_crop(x, c)
+    assert ten.shape == (10, 3, c, c)
     e, m = s - c, (s - c) // 2
     tops_lefts = [(0, 0), (0, e), (e, 0), (e, e), (m, m)]
     for i, (t, lft) in enumerate(tops_lefts):
-        assert crops[i, 0, 0, 0] == t * s + lft
-        assert torch.equal(crops[i + 5], crops[i].flip(-1))
+        assert ten[i, 0, 0, 0] == t * s + lft
+        assert torch.equal(ten[i + 5], ten[i].flip(-1))
 
 
 def test_random_crop_flip_takes_real_crops():
     x = torch.arange(16 * 16).view(1, 1, 16, 16).expand(64, 3, 16, 16).clone()
-    out = data.random_crop_flip(x, 12, torch.Generator().manual_seed(0))
+    out = crops.random_crop_flip(x, 12, torch.Generator().manual_seed(0))
     firsts = {int(out[i, 0, 0, 0]) for i in range(64)}
     assert len(firsts) > 4
     for i in range(64):
@@ -170,7 +172,7 @@ def test_pca_statistics_recover_a_known_covariance():
     cov = np.array([[0.04, 0.02, 0.01], [0.02, 0.03, 0.005], [0.01, 0.005, 0.02]])
     px = rng.multivariate_normal([0.5, 0.4, 0.3], cov, size=(200_000,))
     u8 = torch.from_numpy(np.clip(px * 255, 0, 255).round().astype(np.uint8).T.copy())
-    stats = data.RunningRGBStats()
+    stats = lighting.RunningRGBStats()
     stats.update(u8.view(1, 3, 400, 500))
     np.testing.assert_allclose(stats.covariance().numpy(), cov, atol=1.5e-3)
     val, vec = stats.eig()
@@ -183,7 +185,7 @@ def test_pca_lighting_shift_has_the_papers_distribution():
     val = torch.tensor([0.2, 0.05, 0.01])
     vec = torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(1)))[0]
     x = torch.zeros(20_000, 3, 1, 1)
-    shifted = data.pca_lighting(x, val, vec, 0.1, torch.Generator().manual_seed(2))
+    shifted = lighting.pca_lighting(x, val, vec, 0.1, torch.Generator().manual_seed(2))
     s = shifted.view(-1, 3)
     # shift = V diag(alpha * lambda): covariance V diag((0.1 lambda)^2) V^T
     want = vec @ torch.diag((0.1 * val) ** 2) @ vec.T
@@ -206,10 +208,10 @@ def test_labelled_folder(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(n):
             Image.new("RGB", (4, 4)).save(tmp_path / cls / f"{i}.PNG")
-    classes, samples = data.labelled_folder(tmp_path)
+    classes, samples = folders.labelled_folder(tmp_path)
     assert classes == ["cat", "dog"] and [lab for _, lab in samples] == [0, 0, 1]
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
-        data.labelled_folder(tmp_path)
+        folders.labelled_folder(tmp_path)
     with pytest.raises(ValueError, match="no such folder"):
-        data.labelled_folder(tmp_path / "nope")
+        folders.labelled_folder(tmp_path / "nope")

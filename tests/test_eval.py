@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from alexsearch import data, evaluate, weights
+from alexsearch.data import crops
+from alexsearch.evaluate import classification
+from alexsearch.images import folders, preprocess
+from alexsearch.weights import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_shapes import CLASSES, draw  # noqa: E402
@@ -36,14 +39,14 @@ def planted(tmp_path: Path, order: list[str]) -> Path:
     """A checkpoint that ranks the classes in `order`, whatever the image: fc8 is all zero
     but its bias, so every crop's softmax is the same."""
     classes = sorted(NAMES, reverse=True)  # not the folder's order: mapping must use names
-    ckpt = weights.init_checkpoint(len(classes), seed=0, classes=classes)
+    ckpt = checkpoint.init_checkpoint(len(classes), seed=0, classes=classes)
     ckpt.state_dict["fc8.weight"].zero_()
     bias = torch.zeros(len(classes))
     for rank, name in enumerate(order):
         bias[classes.index(name)] = 10.0 - rank
     ckpt.state_dict["fc8.bias"].copy_(bias)
     path = tmp_path / "planted.ckpt"
-    weights.save(ckpt, path)
+    checkpoint.save(ckpt, path)
     return path
 
 
@@ -61,23 +64,23 @@ def test_planted_fc8_gives_the_known_errors(folder, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["images"] == 6 and res["mapping"] == "by name"
-    for crops in ("centre", "ten_crop"):
-        assert res[crops]["top1_err"] == pytest.approx(5 / 6)  # only orange_stars is right
-        assert res[crops]["top5_err"] == pytest.approx(1 / 6)  # only yellow_stripes is missed
+    for which in ("centre", "ten_crop"):
+        assert res[which]["top1_err"] == pytest.approx(5 / 6)  # only orange_stars is right
+        assert res[which]["top5_err"] == pytest.approx(1 / 6)  # only yellow_stripes is missed
     r = cli(*args, "--workers", "0")
     assert r.returncode == 0 and "ten-crop" in r.stdout and "0.8333" in r.stdout
 
 
 def test_ten_crop_average_matches_a_direct_computation(folder, init_ckpt, tmp_path):
-    ckpt = weights.load(init_ckpt)
+    ckpt = checkpoint.load(init_ckpt)
     ckpt.classes = NAMES + [f"other_{i}" for i in range(ckpt.arch.num_classes - len(NAMES))]
     # a mean image, so a wrong crop offset would also be caught
-    ckpt.preprocess = data.Preprocess(mean=(torch.rand(3, 256, 256) * 255).tolist())
+    ckpt.preprocess = preprocess.Preprocess(mean=(torch.rand(3, 256, 256) * 255).tolist())
     model = ckpt.build("cpu")
-    _, samples = data.labelled_folder(folder / "val")
+    _, samples = folders.labelled_folder(folder / "val")
     samples = samples[:3]
-    u8 = torch.stack([data.load_256(p) for p, _ in samples])
-    probs = evaluate.ten_crop_probs(model, u8, ckpt.preprocess, "cpu")
+    u8 = torch.stack([crops.load_256(p) for p, _ in samples])
+    probs = classification.ten_crop_probs(model, u8, ckpt.preprocess, "cpu")
 
     mean = torch.as_tensor(ckpt.preprocess.mean)
     for i in range(len(samples)):
@@ -96,9 +99,9 @@ def test_ten_crop_average_matches_a_direct_computation(folder, init_ckpt, tmp_pa
 
 
 def test_mismatched_classes_are_one_line(folder, tmp_path):
-    ckpt = weights.init_checkpoint(4, seed=0)  # 4 unnamed classes against 6 folders
+    ckpt = checkpoint.init_checkpoint(4, seed=0)  # 4 unnamed classes against 6 folders
     path = tmp_path / "four.ckpt"
-    weights.save(ckpt, path)
+    checkpoint.save(ckpt, path)
     r = cli("eval", "--data", folder, "--weights", path, "--device", "cpu", "--workers", "0")
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "6 classes" in lines[0], r.stderr
@@ -107,8 +110,8 @@ def test_mismatched_classes_are_one_line(folder, tmp_path):
 
 
 def test_class_mapping_rules():
-    assert evaluate.class_mapping(["b", "a"], ["a", "b", "c"], 3) == ([1, 0], "by name")
-    idx, how = evaluate.class_mapping(["x", "y"], ["class_0", "class_1"], 2)
+    assert classification.class_mapping(["b", "a"], ["a", "b", "c"], 3) == ([1, 0], "by name")
+    idx, how = classification.class_mapping(["x", "y"], ["class_0", "class_1"], 2)
     assert idx == [0, 1] and how.startswith("by sorted order")
 
 
@@ -118,27 +121,29 @@ def test_eval_feeds_a_squash_checkpoint_squashed_photos(tmp_path, monkeypatch, c
     import numpy as np
     from PIL import Image
 
-    from alexsearch.cli import main
+    from alexsearch.cli.app import main
 
     for name, size in (("wide", (390, 150)), ("tall", (120, 300))):
         (tmp_path / "val" / name).mkdir(parents=True)
         yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
         rgb = np.stack([xx % 256, yy % 256, (xx // 20 + yy // 20) % 2 * 255], -1)
         Image.fromarray(rgb.astype(np.uint8)).save(tmp_path / "val" / name / "0.png")
-    _, samples = data.labelled_folder(tmp_path / "val")
+    _, samples = folders.labelled_folder(tmp_path / "val")
     fed = []
-    real = evaluate.ten_crop_probs
+    real = classification.ten_crop_probs
     monkeypatch.setattr(
-        evaluate, "ten_crop_probs", lambda model, u8, *a: fed.append(u8) or real(model, u8, *a)
+        classification,
+        "ten_crop_probs",
+        lambda model, u8, *a: fed.append(u8) or real(model, u8, *a),
     )
     for squash in (True, False):
-        ckpt = weights.init_checkpoint(2, seed=0, classes=["tall", "wide"])
-        ckpt.preprocess = data.Preprocess(mean=[120.0] * 3, squash=squash)
-        weights.save(ckpt, tmp_path / "net.ckpt")
+        ckpt = checkpoint.init_checkpoint(2, seed=0, classes=["tall", "wide"])
+        ckpt.preprocess = preprocess.Preprocess(mean=[120.0] * 3, squash=squash)
+        checkpoint.save(ckpt, tmp_path / "net.ckpt")
         fed.clear()
         main(["eval", "--data", str(tmp_path), "--weights", str(tmp_path / "net.ckpt"),
               "--device", "cpu", "--workers", "0", "--json"])  # fmt: skip
         assert json.loads(capsys.readouterr().out)["images"] == 2
-        want = torch.stack([data.load_256(p, squash=squash) for p, _ in samples])
-        other = torch.stack([data.load_256(p, squash=not squash) for p, _ in samples])
+        want = torch.stack([crops.load_256(p, squash=squash) for p, _ in samples])
+        other = torch.stack([crops.load_256(p, squash=not squash) for p, _ in samples])
         assert torch.equal(torch.cat(fed), want) and not torch.equal(want, other)

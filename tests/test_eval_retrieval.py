@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from alexsearch import evaluate, indexer, store
-from alexsearch.model import AlexNet
-from alexsearch.pixels import Preprocess
+from alexsearch.evaluate import retrieval
+from alexsearch.images.preprocess import Preprocess
+from alexsearch.index import build, catalogue
+from alexsearch.net.alexnet import AlexNet
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -24,7 +25,7 @@ def planted_index(ix: Path, files: dict[str, tuple[float, int]]) -> None:
     """An index whose fc7 vectors are x * e0 and whose thumbnails are one grey level,
     so every neighbour ranking is known in advance."""
     ix.mkdir()
-    cat = store.Catalogue(ix / "catalogue.sqlite")
+    cat = catalogue.Catalogue(ix / "catalogue.sqlite")
     for path, (x, grey) in files.items():
         vec = np.zeros(4096, np.float32)
         vec[0] = x
@@ -33,7 +34,7 @@ def planted_index(ix: Path, files: dict[str, tuple[float, int]]) -> None:
     pre = Preprocess()
     with torch.device("meta"):  # only its shape is read
         model = AlexNet(init=False)
-    indexer._publish(ix, cat, None, (model, pre, "planted", "none", "fc7"), "flat", None)
+    build._publish(ix, cat, None, (model, pre, "planted", "none", "fc7"), "flat", None)
     cat.close()
 
 
@@ -66,16 +67,16 @@ def test_known_answer(tmp_path):
     assert pixels["mAP"] == pytest.approx((1 / 3 + 1 / 4 + 1 + 1) / 4)
     assert fc7["bytes_per_image"] == 16384 and pixels["bytes_per_image"] == 3072
     # the library gives the same figures
-    assert evaluate.retrieval(ix)["rows"] == res["rows"]
+    assert retrieval.retrieval(ix)["rows"] == res["rows"]
     # and a sample of queries is a subset of the same leave-one-out
-    sampled = evaluate.retrieval(ix, max_queries=2, seed=1)
+    sampled = retrieval.retrieval(ix, max_queries=2, seed=1)
     assert sampled["sampled"] and sampled["queries"] == 2
 
 
 def test_scores_of_a_ranking():
     labels = np.array([0, 0, 1, 0, 1])
     order = np.array([[2, 1, 4, 3]])  # query 0: wrong, right, wrong, right
-    s = evaluate.ranking_scores(order, labels, np.array([0]))[0]
+    s = retrieval.ranking_scores(order, labels, np.array([0]))[0]
     assert s[0] == 0 and s[1] == pytest.approx(2 / 6)
     assert s[-1] == pytest.approx((1 / 2 + 2 / 4) / 2)
 

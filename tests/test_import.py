@@ -30,10 +30,13 @@ from caffe_proto import (
     write,
 )
 
-from alexsearch import caffemodel, data, extract, importers, weights
-from alexsearch.caffemodel import CaffemodelError
-from alexsearch.data import centre_crop
-from alexsearch.model import CAFFE, TORCHVISION
+from alexsearch import errors
+from alexsearch.data import crops
+from alexsearch.data.crops import centre_crop
+from alexsearch.index import catalogue, extract
+from alexsearch.net.arch import CAFFE, TORCHVISION
+from alexsearch.weights import caffemodel, checkpoint, fetch, importers, locations
+from alexsearch.weights.caffemodel import CaffemodelError
 
 CAFFE_MEAN = torch.tensor([104.007, 116.669, 122.679], dtype=torch.float64)  # B, G, R
 
@@ -53,7 +56,7 @@ def cli(*args, env=None, check=True):
 
 def run(capsys, *args, check=True):
     """The same CLI entry in this process: no second torch import, for the many cases."""
-    from alexsearch.cli import main
+    from alexsearch.cli.app import main
 
     capsys.readouterr()
     try:
@@ -159,7 +162,7 @@ def caffe_files(params, tmp_path_factory):
 def test_v1_caffemodel_computes_what_caffe_computes(caffe_files, params, images, tmp_path, capsys):
     src = caffe_files / "bvlc_v1.caffemodel"
     cli("weights", "import", src, "--out", tmp_path / "v1.ckpt")
-    ckpt = weights.load(tmp_path / "v1.ckpt")
+    ckpt = checkpoint.load(tmp_path / "v1.ckpt")
     assert ckpt.arch == CAFFE
     pre = ckpt.preprocess
     assert (pre.channel_order, pre.scale, pre.input_size) == ("BGR", 255.0, 227)
@@ -189,7 +192,7 @@ def test_v2_caffemodel_with_mean_file_and_labels(caffe_files, params, images, tm
         capsys, "weights", "import", src, "--out", tmp_path / "v2.ckpt",
         "--mean", tmp_path / "mean.binaryproto", "--labels", tmp_path / "labels.txt",
     )  # fmt: skip
-    ckpt = weights.load(tmp_path / "v2.ckpt")
+    ckpt = checkpoint.load(tmp_path / "v2.ckpt")
     assert ckpt.classes == names
     assert ckpt.meta["format"] == "caffemodel (V2 layout)"
     fc7, logits = ours(ckpt, images)
@@ -208,7 +211,7 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     to the paper's centre square: every path that embeds a photo does what Caffe did."""
     from PIL import Image
 
-    from alexsearch import numpy_net, store
+    from alexsearch.net import numpy_net
 
     ckpt_path = tmp_path / "v1.ckpt"
     run(capsys, "weights", "import", caffe_files / "bvlc_v1.caffemodel", "--out", ckpt_path)
@@ -223,14 +226,14 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     squashed = np.asarray(Image.open(photos / "wide.png").resize((256, 256), Image.BILINEAR))
     u8 = torch.from_numpy(squashed.copy()).permute(2, 0, 1)[None]
     want, _ = caffe_forward(params, caffe_input(u8, CAFFE_MEAN))
-    square = data.load_256(photos / "wide.png")[None]  # the paper's geometry
+    square = crops.load_256(photos / "wide.png")[None]  # the paper's geometry
     paper, _ = caffe_forward(params, caffe_input(square, CAFFE_MEAN))
     assert (paper - want).abs().max() > 0.05 * want.abs().max()  # the geometry shows
 
     # indexing (the decode workers), query's torch path, query's numpy path
     index = tmp_path / "ix"
     cli("index", photos, "--index", index, "--weights", ckpt_path, "--device", "cpu")
-    cat = store.Catalogue(index / "catalogue.sqlite", readonly=True)
+    cat = catalogue.Catalogue(index / "catalogue.sqlite", readonly=True)
     try:
         indexed = cat.vector_of(cat.id_of(str((photos / "wide.png").resolve())))
     finally:
@@ -238,7 +241,7 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     assert_close(torch.from_numpy(indexed.copy())[None], want)
     described = json.loads(run(capsys, "info", "--index", index, "--json").stdout)
     assert described["geometry"] == info["geometry"]
-    ckpt = weights.load(ckpt_path)
+    ckpt = checkpoint.load(ckpt_path)
     got = extract.extract_one(ckpt.build(), ckpt.preprocess, str(photos / "wide.png"), 100.0)
     assert_close(torch.from_numpy(got)[None], want)
     net = numpy_net.load(ckpt_path)
@@ -246,16 +249,16 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
 
     # The same weights with other pixels make other vectors: the index refuses them.
     square_ckpt = tmp_path / "square.ckpt"
-    weights.save(replace(ckpt, preprocess=replace(ckpt.preprocess, squash=False)), square_ckpt)
+    checkpoint.save(replace(ckpt, preprocess=replace(ckpt.preprocess, squash=False)), square_ckpt)
     mean_ckpt = tmp_path / "mean.ckpt"
-    weights.save(replace(ckpt, preprocess=replace(ckpt.preprocess, mean=[0.0] * 3)), mean_ckpt)
+    checkpoint.save(replace(ckpt, preprocess=replace(ckpt.preprocess, mean=[0.0] * 3)), mean_ckpt)
 
     def published():  # the manifest and the snapshot it names, byte for byte
         return {p.name: p.read_bytes() for p in index.glob("[mv]*")}
 
     before = published()
     for other, what in ((square_ckpt, "squash to 256x256"), (mean_ckpt, "mean")):
-        assert weights.load(other).fingerprint == ckpt.fingerprint
+        assert checkpoint.load(other).fingerprint == ckpt.fingerprint
         for device in ("cpu", "auto"):  # query's numpy path and its torch path
             r = cli("query", photos / "wide.png", "--index", index, "--weights", other,
                     "--device", device, check=False)  # fmt: skip
@@ -295,7 +298,7 @@ def test_torchvision_state_dict_computes_what_torchvision_computes(
     model, src = torchvision_file
     r = run(capsys, "weights", "import", src, "--out", tmp_path / "tv.ckpt", "--json")
     assert json.loads(r.stdout)["architecture"] == "torchvision-alexnet"
-    ckpt = weights.load(tmp_path / "tv.ckpt")
+    ckpt = checkpoint.load(tmp_path / "tv.ckpt")
     assert ckpt.arch == TORCHVISION and ckpt.preprocess.input_size == 224
     fc7, logits = ours(ckpt, images)
     # torchvision's own pipeline: centre crop 224, to [0, 1], normalise with ImageNet's stats
@@ -375,7 +378,7 @@ def test_shapes_are_checked_before_anything_is_copied(tmp_path):
     p = small_params()
     p["conv2"] = bvlc_params(2, {"conv2": (256, 96, 5, 5)})["conv2"]
     write(tmp_path / "ungrouped.caffemodel", bvlc_net(p, v1=False))
-    with pytest.raises(weights.WeightsError, match=r"conv2.weight has shape 256x96x5x5, expected"):
+    with pytest.raises(errors.WeightsError, match=r"conv2.weight has shape 256x96x5x5, expected"):
         importers.import_caffemodel(tmp_path / "ungrouped.caffemodel")
 
 
@@ -396,7 +399,7 @@ def test_reader_handles_unpacked_and_double_data_and_checks_counts():
 
 def test_mean_file_must_be_3x256x256(tmp_path):
     write(tmp_path / "m.binaryproto", blob(np.zeros((3, 224, 224), np.float32)))
-    with pytest.raises(weights.WeightsError, match=r"mean image has shape 1x3x224x224"):
+    with pytest.raises(errors.WeightsError, match=r"mean image has shape 1x3x224x224"):
         importers.import_caffemodel(tmp_path / "nothing.caffemodel", tmp_path / "m.binaryproto")
 
 
@@ -461,28 +464,28 @@ def test_fetch_downloads_verifies_imports_and_becomes_the_default(
     _, pth = torchvision_file
     (root / "alexnet.pth").symlink_to(pth)
     digest = hashlib.sha256(pth.read_bytes()).hexdigest()
-    src = importers.Source("tvtest", f"{base}/alexnet.pth", "sha256", digest[:8], "a.pth", "test")
+    src = fetch.Source("tvtest", f"{base}/alexnet.pth", "sha256", digest[:8], "a.pth", "test")
     monkeypatch.setenv("ALEXSEARCH_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ALEXSEARCH_WEIGHTS", raising=False)
-    with pytest.raises(weights.WeightsError, match="no weights given"):
-        weights.resolve(None)
+    with pytest.raises(errors.WeightsError, match="no weights given"):
+        locations.resolve(None)
     seen = []
-    path, ckpt = importers.fetch(src, lambda done, total: seen.append((done, total)))
+    path, ckpt = fetch.fetch(src, lambda done, total: seen.append((done, total)))
     assert seen[-1] == (pth.stat().st_size, pth.stat().st_size)
     assert path == tmp_path / "home" / "weights" / "tvtest.ckpt"
-    assert weights.load(path).fingerprint == ckpt.fingerprint
+    assert checkpoint.load(path).fingerprint == ckpt.fingerprint
     assert ckpt.meta["sha256"] == digest[:8]
     # the default of index and query, after --weights, $ALEXSEARCH_WEIGHTS and an index's own
-    assert weights.resolve(None) == path.resolve()
-    assert weights.resolve(tmp_path / "x.ckpt") == tmp_path / "x.ckpt"
-    assert weights.resolve(None, recorded=str(pth)) == pth
+    assert locations.resolve(None) == path.resolve()
+    assert locations.resolve(tmp_path / "x.ckpt") == tmp_path / "x.ckpt"
+    assert locations.resolve(None, recorded=str(pth)) == pth
     monkeypatch.setenv("ALEXSEARCH_WEIGHTS", str(tmp_path / "env.ckpt"))
-    assert weights.resolve(None) == tmp_path / "env.ckpt"
+    assert locations.resolve(None) == tmp_path / "env.ckpt"
     # fetching again uses the verified download already there: no network needed
     (root / "alexnet.pth").unlink()
-    again, _ = importers.fetch(src)
+    again, _ = fetch.fetch(src)
     assert again == path
     # a damaged download is refused, not imported
     (tmp_path / "home" / "downloads" / "a.pth").write_bytes(b"junk")
-    with pytest.raises(weights.WeightsError, match="delete it and fetch again"):
-        importers.fetch(src)
+    with pytest.raises(errors.WeightsError, match="delete it and fetch again"):
+        fetch.fetch(src)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from alexsearch import store
+from alexsearch.index import lock, vectors
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -197,11 +197,11 @@ def test_fingerprint_mismatch_is_refused(env, photos, tmp_path):
 def test_second_writer_stops_with_a_clear_message(env, photos, tmp_path):
     ix = tmp_path / "ix"
     index_json(env, photos, "--index", ix)
-    with store.write_lock(ix):
+    with lock.write_lock(ix):
         r = cli("index", photos, "--index", ix, env=env, check=False)
     one_line_error(r, "is being written by another alexsearch process")
     # and a query during the write still answers from the published snapshot
-    with store.write_lock(ix):
+    with lock.write_lock(ix):
         r = cli("query", photos / "red_circles" / "000.jpg", "--index", ix, "--json", env=env)
     assert len(json.loads(r.stdout)[0]["neighbours"]) == 6
 
@@ -287,11 +287,11 @@ def test_kinds_hnsw_and_too_small_for_ivf(env, photos, tmp_path):
 
 def test_auto_kind_policy():
     d = 4096
-    assert store.choose_kind("flat", 10**7, d, None) == "flat"  # an explicit kind is kept
-    assert store.choose_kind("auto", 1_000, d, None) == "flat"
-    assert store.choose_kind("auto", 30_000, d, None) == "flat"  # a 480 MB scan: still exact
-    assert store.choose_kind("auto", 100_000, d, None) == "ivfsq"  # 1.6 GB: compress
-    assert store.choose_kind("auto", 1_000_000, d, 100 * 1024**2) == "ivfpq"  # tight budget
+    assert vectors.choose_kind("flat", 10**7, d, None) == "flat"  # an explicit kind is kept
+    assert vectors.choose_kind("auto", 1_000, d, None) == "flat"
+    assert vectors.choose_kind("auto", 30_000, d, None) == "flat"  # a 480 MB scan: still exact
+    assert vectors.choose_kind("auto", 100_000, d, None) == "ivfsq"  # 1.6 GB: compress
+    assert vectors.choose_kind("auto", 1_000_000, d, 100 * 1024**2) == "ivfpq"  # tight budget
 
 
 def test_ivf_kind_answers_like_exact_on_clustered_vectors(tmp_path):
@@ -301,9 +301,9 @@ def test_ivf_kind_answers_like_exact_on_clustered_vectors(tmp_path):
     labels = rng.integers(0, 50, 30_000)
     vecs = centres[labels] + rng.standard_normal((30_000, 512)).astype(np.float32)
     ids = np.arange(100, 30_100, dtype=np.int64)
-    index = store.build_faiss("ivfsq", ids, vecs)
-    name = store.write_faiss(tmp_path, index, 1)
-    back = store.read_faiss(tmp_path, {"vectors_file": name})
+    index = vectors.build_faiss("ivfsq", ids, vecs)
+    name = vectors.write_faiss(tmp_path, index, 1)
+    back = vectors.read_faiss(tmp_path, {"vectors_file": name})
     _, got = back.search(vecs[:200], 5)
     same = labels[got - 100] == labels[:200, None]
     assert same.mean() > 0.95 and (got[:, 0] == ids[:200]).mean() > 0.9

@@ -4,17 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexsearch.model import (
-    CAFFE,
-    PAPER,
-    TORCHVISION,
+from alexsearch.net.alexnet import (
     AlexNet,
-    ArchConfig,
-    LRNConfig,
     TwoDeviceAlexNet,
     count_parameters,
     local_response_norm,
 )
+from alexsearch.net.arch import CAFFE, PAPER, TORCHVISION, ArchConfig, LRNConfig
 
 
 def test_parameter_count_is_the_papers(paper_model):

@@ -13,8 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
-from alexsearch import checkpoint_file, data, numpy_net, search, weights
-from alexsearch.model import CAFFE, PAPER, TORCHVISION, AlexNet, ArchConfig, expected_shapes
+from alexsearch import errors
+from alexsearch.images import preprocess
+from alexsearch.index import search
+from alexsearch.net import numpy_net
+from alexsearch.net.alexnet import AlexNet
+from alexsearch.net.arch import CAFFE, PAPER, TORCHVISION, ArchConfig, expected_shapes
+from alexsearch.weights import checkpoint, checkpoint_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -36,15 +41,15 @@ def trained_like(arch, seed=0):
 
 PREPROCESS = {
     # the paper's: RGB 0..255 minus a per-channel mean
-    "paper": lambda size: data.Preprocess(input_size=size, mean=[123.7, 116.8, 103.9]),
+    "paper": lambda size: preprocess.Preprocess(input_size=size, mean=[123.7, 116.8, 103.9]),
     # Caffe's: BGR minus a mean image
-    "caffe": lambda size: data.Preprocess(
+    "caffe": lambda size: preprocess.Preprocess(
         input_size=size,
         channel_order="BGR",
         mean=(np.random.RandomState(1).rand(3, 256, 256) * 255).astype(np.float32).tolist(),
     ),
     # torchvision's: RGB 0..1, mean and std
-    "torchvision": lambda size: data.Preprocess(
+    "torchvision": lambda size: preprocess.Preprocess(
         input_size=size, scale=1.0, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
     ),
 }
@@ -58,15 +63,17 @@ PREPROCESS = {
 def test_numpy_fc7_equals_torch_fc7_from_an_image_file(arch, pre, tmp_path):
     path = tmp_path / "net.ckpt"
     model = trained_like(arch)
-    ckpt = weights.Checkpoint(arch, PREPROCESS[pre](arch.input_size), model.state_dict())
-    weights.save(ckpt, path)
+    ckpt = checkpoint.Checkpoint(arch, PREPROCESS[pre](arch.input_size), model.state_dict())
+    checkpoint.save(ckpt, path)
     net = numpy_net.load(path)
-    assert net is not None and net.fingerprint == weights.load(path).fingerprint
+    assert net is not None and net.fingerprint == checkpoint.load(path).fingerprint
     make(tmp_path / "photos", per_class=1, seed=3)
-    from alexsearch.extract import extract_one
+    from alexsearch.index.extract import extract_one
 
     for img in sorted((tmp_path / "photos").rglob("*.jpg"))[:3]:
-        want = extract_one(weights.load(path).build(), weights.load(path).preprocess, str(img), 100)
+        want = extract_one(
+            checkpoint.load(path).build(), checkpoint.load(path).preprocess, str(img), 100
+        )
         got = net.embed(str(img), 100)
         assert got.dtype == np.float32 and got.shape == want.shape
         scale = np.abs(want).max()
@@ -79,7 +86,7 @@ def test_adaptive_pool_on_a_size_that_is_not_six():
     arch = ArchConfig(**{**TORCHVISION.to_dict(), "input_size": 256, "lrn": None})
     model = trained_like(arch).eval()
     net = numpy_net.NumpyNet(
-        arch, data.Preprocess(), {k: v.numpy() for k, v in model.state_dict().items()}, ""
+        arch, preprocess.Preprocess(), {k: v.numpy() for k, v in model.state_dict().items()}, ""
     )
     x = np.random.RandomState(0).randn(2, 3, 256, 256).astype(np.float32)
     with torch.inference_mode():
@@ -136,15 +143,15 @@ def test_damaged_or_unusual_checkpoints_fall_back_to_torchs_loader(init_ckpt, tm
     with pytest.raises(checkpoint_file.ArchiveError, match="fails its checksum"):
         checkpoint_file.check_archive(bad)
     assert numpy_net.load(bad) is None
-    with pytest.raises(weights.WeightsError, match="fails its checksum"):
+    with pytest.raises(errors.WeightsError, match="fails its checksum"):
         search.embedder(bad, None, "cpu", 100)
     # float64 weights are a valid checkpoint numpy_net leaves to torch
-    ck = weights.load(init_ckpt)
+    ck = checkpoint.load(init_ckpt)
     ck.state_dict = {k: v.double() for k, v in ck.state_dict.items()}
-    weights.save(ck, tmp_path / "f64.ckpt")
+    checkpoint.save(ck, tmp_path / "f64.ckpt")
     assert numpy_net.load(tmp_path / "f64.ckpt") is None
     embed, fp, _, _ = search.embedder(tmp_path / "f64.ckpt", None, "cpu", 100)
-    assert fp == weights.load(tmp_path / "f64.ckpt").fingerprint
+    assert fp == checkpoint.load(tmp_path / "f64.ckpt").fingerprint
     img = tmp_path / "x.png"
     Image.new("RGB", (300, 260), (200, 30, 40)).save(img)
     assert embed(str(img)).shape == (4096,)
@@ -157,8 +164,9 @@ def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt,
     photos = tmp_path / "photos"
     make(photos, per_class=2, seed=5)
     ckpt = tmp_path / "net.ckpt"
-    weights.save(
-        weights.Checkpoint(PAPER, PREPROCESS["paper"](224), trained_like(PAPER).state_dict()), ckpt
+    checkpoint.save(
+        checkpoint.Checkpoint(PAPER, PREPROCESS["paper"](224), trained_like(PAPER).state_dict()),
+        ckpt,
     )
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": str(ckpt)}
     ix = tmp_path / "ix"
@@ -168,7 +176,7 @@ def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt,
     q = sorted(photos.rglob("*.jpg"))[0]
     probe = (
         "import sys, json\n"
-        "from alexsearch import cli\n"
+        "from alexsearch.cli import app as cli\n"
         "try:\n"
         "    cli.main(sys.argv[1:])\n"
         "except SystemExit as e:\n"

@@ -15,8 +15,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from alexsearch import data, train, weights
-from alexsearch.model import AlexNet, ArchConfig, expected_shapes
+from alexsearch.data import crops, lighting
+from alexsearch.images import folders, preprocess
+from alexsearch.net.alexnet import AlexNet
+from alexsearch.net.arch import ArchConfig, expected_shapes
+from alexsearch.train import config, loop, sgd
+from alexsearch.viz import curves
+from alexsearch.weights import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from make_shapes import CLASSES, draw  # noqa: E402
@@ -72,11 +77,11 @@ def test_paper_update_matches_hand_computation_across_lr_drop():
         w = w + v
 
     p = torch.nn.Parameter(w0.clone())
-    opt = train.PaperSGD([p], lr=lrs[0], momentum=m, weight_decay=wd)
+    opt = sgd.PaperSGD([p], lr=lrs[0], momentum=m, weight_decay=wd)
     sgd_p = torch.nn.Parameter(w0.clone())
-    sgd = torch.optim.SGD([sgd_p], lr=lrs[0], momentum=m, weight_decay=wd)
+    torch_sgd = torch.optim.SGD([sgd_p], lr=lrs[0], momentum=m, weight_decay=wd)
     for g, lr in zip(grads, lrs, strict=True):
-        for o, q in ((opt, p), (sgd, sgd_p)):
+        for o, q in ((opt, p), (torch_sgd, sgd_p)):
             o.param_groups[0]["lr"] = lr
             q.grad = g.clone()
             o.step()
@@ -90,7 +95,7 @@ def test_plateau_schedule_divides_lr_by_10_after_patience_epochs_without_progres
     errors = [0.9, 0.8, 0.8, 0.85, 0.7, 0.7, 0.7, 0.7, 0.7]
     lrs, bests = [], []
     for epoch, err in enumerate(errors, 1):
-        bests.append(train.plateau_step(state, epoch, err, patience=2, drop=10))
+        bests.append(sgd.plateau_step(state, epoch, err, patience=2, drop=10))
         lrs.append(state["lr"])
     assert bests == [True, True, False, False, True, False, False, False, False]
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
@@ -102,17 +107,17 @@ def test_plateau_schedule_divides_lr_by_10_after_patience_epochs_without_progres
 
 def test_a_few_steps_lower_the_loss(tmp_path):
     root = shapes(tmp_path, 1, classes=3)
-    _, samples = data.labelled_folder(root)
-    u8 = torch.stack([data.load_256(p) for p, _ in samples])
+    _, samples = folders.labelled_folder(root)
+    u8 = torch.stack([crops.load_256(p) for p, _ in samples])
     y = torch.tensor([label for _, label in samples])
-    stats = data.RunningRGBStats()
+    stats = lighting.RunningRGBStats()
     stats.update(u8)
-    pre = data.Preprocess(mean=(stats.mean() * 255).tolist())
-    x = pre.normalize(data.centre_crop(u8, 224))
+    pre = preprocess.Preprocess(mean=(stats.mean() * 255).tolist())
+    x = pre.normalize(crops.centre_crop(u8, 224))
     torch.manual_seed(0)
     model = AlexNet(ArchConfig(num_classes=3))
     # the paper init on 0..255 inputs gives large gradients on one repeated batch: small lr
-    opt = train.PaperSGD(model.parameters(), lr=3e-5)
+    opt = sgd.PaperSGD(model.parameters(), lr=3e-5)
 
     def eval_loss():
         model.eval()
@@ -133,13 +138,13 @@ def test_a_few_steps_lower_the_loss(tmp_path):
 
 
 def weights_of(run_dir: Path) -> dict:
-    return weights.load(run_dir / "last.ckpt").state_dict
+    return checkpoint.load(run_dir / "last.ckpt").state_dict
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
-    rows = train.read_metrics(run_dir)
+    rows = curves.read_metrics(run_dir)
     for r in rows:
-        assert set(r) == set(train.METRIC_KEYS)
+        assert set(r) == set(loop.METRIC_KEYS)
     return rows
 
 
@@ -178,7 +183,7 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, 
     assert run_json["config"]["batch_size"] == 2 and run_json["classes"] == sorted(
         os.listdir(tiny / "train")
     )
-    ckpt = weights.load(straight / "best.ckpt")
+    ckpt = checkpoint.load(straight / "best.ckpt")
     stats = json.loads((straight / "stats.json").read_text())
     assert ckpt.preprocess.mean == stats["mean"] and ckpt.preprocess.pca_eigvec is not None
 
@@ -193,7 +198,7 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, 
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    weights.load(cut / "last.ckpt")  # whatever moment the kill hit, last.ckpt is whole
+    checkpoint.load(cut / "last.ckpt")  # whatever moment the kill hit, last.ckpt is whole
     r = cli("train", "--resume", cut, "--json")
     assert r.returncode == 0, r.stderr
     a, b = weights_of(straight), weights_of(cut)
@@ -203,7 +208,7 @@ def test_kill_9_then_resume_ends_with_the_weights_of_an_uninterrupted_run(tiny, 
 
 def test_two_device_plan_on_cpu_cpu_trains_like_one_device(tiny, tmp_path):
     def run(device, out):
-        cfg = train.TrainConfig(
+        cfg = config.TrainConfig(
             data=str(tiny),
             out=str(out),
             epochs=1,
@@ -213,7 +218,7 @@ def test_two_device_plan_on_cpu_cpu_trains_like_one_device(tiny, tmp_path):
             dropout=0.0,  # the plans draw dropout masks differently; compare the arithmetic
             lr=1e-4,  # small steps, so rounding differences between the plans stay small
         )
-        return train.run(cfg)
+        return loop.run(cfg)
 
     run("cpu", tmp_path / "one")
     two = run("cpu,cpu", tmp_path / "two")
@@ -264,7 +269,7 @@ def test_ddp_two_gloo_processes_hold_identical_replicas(tiny, tmp_path):
     assert summary["plan"] == "ddp x2 cpu"
     prints = summary["replica_fingerprints"]
     assert len(prints) == 2 and prints[0] == prints[1]
-    ckpt = weights.load(out / "last.ckpt")
+    ckpt = checkpoint.load(out / "last.ckpt")
     assert ckpt.fingerprint == prints[0]
     torch.manual_seed(0)
     start = AlexNet(ArchConfig(num_classes=2)).state_dict()

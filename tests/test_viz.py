@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from alexsearch import viz, weights
 from alexsearch.errors import UserError
+from alexsearch.viz import curves, draw, kernels, neighbours, tsne
+from alexsearch.weights import checkpoint
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -34,7 +35,7 @@ def tile_pixels(img: Image.Image, box) -> set:
 def _planted(tmp_path, channel_order="RGB"):
     """A checkpoint whose tower-2 kernel 5 (conv1 output 53) is pure red and whose tower-1
     kernel 5 is pure blue, in the checkpoint's own channel order."""
-    ckpt = weights.init_checkpoint(10, seed=3)
+    ckpt = checkpoint.init_checkpoint(10, seed=3)
     w = ckpt.state_dict["conv1.weight"]
     r, b = (2, 0) if channel_order == "BGR" else (0, 2)
     w[53].zero_()
@@ -43,7 +44,7 @@ def _planted(tmp_path, channel_order="RGB"):
     w[5, b] = 0.05
     ckpt.preprocess = dataclasses.replace(ckpt.preprocess, channel_order=channel_order)
     path = tmp_path / f"planted-{channel_order}.ckpt"
-    weights.save(ckpt, path)
+    checkpoint.save(ckpt, path)
     return path
 
 
@@ -59,7 +60,7 @@ def test_kernel_picture_through_the_cli_shows_the_planted_kernel_in_tower_2(tmp_
     # tower 2's sixth kernel: second block, row 0, col 5
     y_tower2 = 8 + 6 * 55 + 5 * 2 + 14
     box53 = (8 + 5 * 57, y_tower2, 8 + 5 * 57 + 55, y_tower2 + 55)
-    assert viz.kernel_layout(np.zeros((96, 11, 11, 3)), 2).box(53) == box53
+    assert kernels.kernel_layout(np.zeros((96, 11, 11, 3)), 2).box(53) == box53
     assert tile_pixels(img, box53) == {RED}
     box5 = (8 + 5 * 57, 8, 8 + 5 * 57 + 55, 8 + 55)
     assert tile_pixels(img, box5) == {BLUE}  # tower 1's kernel 5 is the other plant
@@ -70,30 +71,30 @@ def test_kernel_picture_through_the_cli_shows_the_planted_kernel_in_tower_2(tmp_
 
 
 def test_caffe_bgr_kernels_are_shown_in_rgb(tmp_path):
-    img = viz.kernels_picture(weights.load(_planted(tmp_path, "BGR")))
-    assert tile_pixels(img, viz.kernel_layout(np.zeros((96, 11, 11, 3)), 2).box(53)) == {RED}
+    img = kernels.kernels_picture(checkpoint.load(_planted(tmp_path, "BGR")))
+    assert tile_pixels(img, kernels.kernel_layout(np.zeros((96, 11, 11, 3)), 2).box(53)) == {RED}
 
 
 def test_single_tower_net_is_one_block_and_each_tile_is_stretched_on_its_own():
     k = np.random.default_rng(0).normal(0, 1, (64, 11, 11, 3))
     k[7] *= 1000  # one loud kernel must not wash out the others
-    img = viz.kernel_grid(k, towers=1, scale=3)
-    lay = viz.kernel_layout(k, 1, 3)
+    img = kernels.kernel_grid(k, towers=1, scale=3)
+    lay = kernels.kernel_layout(k, 1, 3)
     assert (lay.towers, lay.rows, lay.cols) == (1, 8, 8)
     assert img.size == (8 + 8 * 33 + 7 * 2 + 8, 8 + 8 * 33 + 7 * 2 + 8)
     for i in (0, 7, 63):
         px = np.asarray(img.crop(lay.box(i)))
         assert px.min() == 0 and px.max() == 255  # the full range in every tile
-    flat = viz.kernel_grid(np.zeros((4, 11, 11, 3)), towers=1)
-    assert tile_pixels(flat, viz.kernel_layout(np.zeros((4, 11, 11, 3)), 1).box(3)) == {
+    flat = kernels.kernel_grid(np.zeros((4, 11, 11, 3)), towers=1)
+    assert tile_pixels(flat, kernels.kernel_layout(np.zeros((4, 11, 11, 3)), 1).box(3)) == {
         (128, 128, 128)
     }
 
 
 def test_checkpoint_without_conv1_gets_one_clear_line(tmp_path):
-    ckpt = weights.init_checkpoint(10)
+    ckpt = checkpoint.init_checkpoint(10)
     del ckpt.state_dict["conv1.weight"]
-    weights.save(ckpt, tmp_path / "noconv1.ckpt")
+    checkpoint.save(ckpt, tmp_path / "noconv1.ckpt")
     r = cli(
         "viz",
         "kernels",
@@ -106,9 +107,9 @@ def test_checkpoint_without_conv1_gets_one_clear_line(tmp_path):
     one_line_error(r, "conv1.weight")
     assert not (tmp_path / "k.png").exists()
     with pytest.raises(UserError, match="no conv1.weight"):
-        viz.conv1_kernels({})
+        kernels.conv1_kernels({})
     with pytest.raises(UserError, match="shape 96x1x11x11"):
-        viz.conv1_kernels({"conv1.weight": torch.zeros(96, 1, 11, 11)})
+        kernels.conv1_kernels({"conv1.weight": torch.zeros(96, 1, 11, 11)})
 
 
 # --------------------------------------------------------------------------- neighbour grid
@@ -123,7 +124,7 @@ def test_neighbour_grid_layout_and_tiles(tmp_path):
         (p["a"], [(p["b"], 0.5), (p["c"], 0.75), (str(tmp_path / "gone.jpg"), 0.9)]),
         (p["d"], [(p["a"], 1.25)]),
     ]
-    img = viz.neighbour_grid(rows, tile=64)
+    img = neighbours.neighbour_grid(rows, tile=64)
     pad, sep, cap = 6, 18, 34
     assert img.size == (2 * pad + sep + 4 * 64 + 3 * pad, pad + 2 * (64 + cap + pad))
 
@@ -156,13 +157,13 @@ def test_viz_neighbors_draws_what_query_finds(indexed, tmp_path):
     out = tmp_path / "grid.png"
     cli("viz", "neighbors", *qs, "--index", ix, "--k", "3", "--out", out, env=env)
     img = Image.open(out).convert("RGB")
-    assert img.size == viz.neighbour_grid([(str(qs[0]), [("x", 0)] * 3)] * 2).size
+    assert img.size == neighbours.neighbour_grid([(str(qs[0]), [("x", 0)] * 3)] * 2).size
     found = json.loads(cli("query", *qs, "--index", ix, "--k", "3", "--json", env=env).stdout)
     pad, sep, cap, t = 6, 18, 34, 128
     for r, res in enumerate(found):
         for c, hit in enumerate(res["neighbours"], 1):
             x, y = pad + c * (t + pad) + sep, pad + r * (t + cap + pad)
-            want = np.asarray(viz.load_tile(hit["path"], t), np.int16)
+            want = np.asarray(draw.load_tile(hit["path"], t), np.int16)
             got = np.asarray(img.crop((x, y, x + t, y + t)), np.int16)
             assert np.abs(got - want).max() <= 1  # the very neighbour query reported
 
@@ -191,11 +192,11 @@ def _clusters(n_per=60, k=3, dim=100, seed=0):
     return x.astype(np.float32), np.repeat(np.arange(k), n_per)
 
 
-@pytest.mark.parametrize("method", viz.TSNE_METHODS)
+@pytest.mark.parametrize("method", tsne.TSNE_METHODS)
 def test_tsne_keeps_well_separated_clusters_apart(method):
     x, labels = _clusters()
     seen = []
-    y = viz.tsne_2d(viz.pca50(x), method, progress=lambda *a: seen.append(a))
+    y = tsne.tsne_2d(tsne.pca50(x), method, progress=lambda *a: seen.append(a))
     assert y.shape == (len(x), 2)
     centroids = np.stack([y[labels == c].mean(0) for c in range(3)])
     spread = max(np.linalg.norm(y[labels == c] - centroids[c], axis=1).max() for c in range(3))
@@ -206,9 +207,9 @@ def test_tsne_keeps_well_separated_clusters_apart(method):
 
 def test_tsne_of_a_tiny_set_and_a_too_tiny_set():
     x, _ = _clusters(n_per=2, k=2)
-    assert viz.tsne_2d(x, "opentsne").shape == (4, 2)
+    assert tsne.tsne_2d(x, "opentsne").shape == (4, 2)
     with pytest.raises(UserError, match="at least 4"):
-        viz.tsne_2d(x[:3])
+        tsne.tsne_2d(x[:3])
 
 
 @pytest.mark.parametrize("exact_up_to", [10_000, 0])  # linear assignment, then greedy
@@ -216,7 +217,7 @@ def test_snap_to_grid_gives_distinct_cells_that_keep_the_layout(exact_up_to):
     rng = np.random.default_rng(1)
     corners = np.array([[0, 0], [10, 0], [0, 10], [10, 10]])  # (x, y); y up
     pts = np.concatenate([c + rng.normal(0, 0.5, (16, 2)) for c in corners])
-    cells = viz.snap_to_grid(pts, 8, exact_up_to=exact_up_to)
+    cells = tsne.snap_to_grid(pts, 8, exact_up_to=exact_up_to)
     assert len(set(cells.tolist())) == len(pts) and cells.min() >= 0 and cells.max() < 64
     rows, cols = np.divmod(cells, 8)
     for q, (cx, cy) in enumerate(corners):
@@ -237,7 +238,7 @@ def test_viz_tsne_scatter_json_and_thumbnails(indexed, tmp_path):
     assert img.size == (400 + 230, 400 + 24)
     # the legend lists each folder's colour: six labels, six palette colours in the picture
     seen = colours(img)
-    assert all(viz.colour(i) in seen for i in range(6))
+    assert all(draw.colour(i) in seen for i in range(6))
     thumbs = tmp_path / "thumbs.png"
     cli("viz", "tsne", "--index", ix, "--out", thumbs, "--thumbnails", "--tile", "40", env=env)
     assert Image.open(thumbs).size == (4 * 40, 4 * 40)  # 12 images: a 4x4 grid
@@ -246,7 +247,7 @@ def test_viz_tsne_scatter_json_and_thumbnails(indexed, tmp_path):
 def test_scatter_legend_counts_and_many_labels():
     coords = np.random.default_rng(0).normal(size=(90, 2))
     labels = [f"class{i % 45}" for i in range(90)]
-    img = viz.scatter(coords, labels, size=300)
+    img = tsne.scatter(coords, labels, size=300)
     assert img.width == 530 and img.height >= 22 * 40  # the legend caps at 40 rows
 
 
@@ -272,7 +273,7 @@ def _metrics(run):
 def test_curves_from_a_small_metrics_file(tmp_path):
     run = tmp_path / "run"
     _metrics(run)
-    rows = viz.read_metrics(run)
+    rows = curves.read_metrics(run)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6] and rows[-1]["val_top1_err"] == 0.1
     out = tmp_path / "curves.png"
     r = cli("viz", "curves", run, "--out", out)
@@ -281,11 +282,11 @@ def test_curves_from_a_small_metrics_file(tmp_path):
     assert img.size == (1100, 460)
     err_panel = colours(img.crop((70, 70, 600, 400)))
     lr_panel = colours(img.crop((720, 70, 1070, 400)))
-    assert viz.PALETTE[0] in err_panel and viz.PALETTE[1] in err_panel  # top-1, top-5
-    assert viz.PALETTE[2] in lr_panel and viz.PALETTE[2] not in err_panel
+    assert draw.PALETTE[0] in err_panel and draw.PALETTE[1] in err_panel  # top-1, top-5
+    assert draw.PALETTE[2] in lr_panel and draw.PALETTE[2] not in err_panel
     # the learning rate falls 0.01 -> 0.001 -> 0.0001 (two epochs each): on a log axis the
     # three plateaus are evenly spaced, each a decade below the last
-    green = np.all(np.asarray(img) == viz.PALETTE[2], axis=2)
+    green = np.all(np.asarray(img) == draw.PALETTE[2], axis=2)
 
     def level(epoch):  # the line's height midway along a plateau
         x = round(720 + (epoch - 1) / 5 * 350)

@@ -6,19 +6,19 @@ import pickle
 import pytest
 import torch
 
-from alexsearch import weights
 from alexsearch.atomic import WriteError
-from alexsearch.model import ArchConfig
-from alexsearch.weights import WeightsError
+from alexsearch.errors import WeightsError
+from alexsearch.net.arch import ArchConfig
+from alexsearch.weights import checkpoint
 
 
 def test_round_trip_keeps_everything(tmp_path):
-    ck = weights.init_checkpoint(7, seed=3, classes=[f"c{i}" for i in range(7)])
-    fp = weights.save(ck, tmp_path / "a.ckpt")
-    back = weights.load(tmp_path / "a.ckpt")
+    ck = checkpoint.init_checkpoint(7, seed=3, classes=[f"c{i}" for i in range(7)])
+    fp = checkpoint.save(ck, tmp_path / "a.ckpt")
+    back = checkpoint.load(tmp_path / "a.ckpt")
     assert back.arch == ck.arch and back.preprocess == ck.preprocess
     assert back.classes == ck.classes and back.fingerprint == fp
-    assert fp == weights.fingerprint(back.state_dict)
+    assert fp == checkpoint.fingerprint(back.state_dict)
     for k, v in ck.state_dict.items():
         assert torch.equal(back.state_dict[k], v)
     x = torch.randn(1, 3, 224, 224)
@@ -27,18 +27,18 @@ def test_round_trip_keeps_everything(tmp_path):
 
 
 def test_fingerprint_changes_with_any_weight(tmp_path):
-    ck = weights.init_checkpoint(3)
-    a = weights.fingerprint(ck.state_dict)
+    ck = checkpoint.init_checkpoint(3)
+    a = checkpoint.fingerprint(ck.state_dict)
     ck.state_dict["fc8.bias"][0] += 1e-3
-    assert weights.fingerprint(ck.state_dict) != a
+    assert checkpoint.fingerprint(ck.state_dict) != a
 
 
 def test_tensors_that_do_not_fit_the_config_are_refused(tmp_path):
-    ck = weights.init_checkpoint(3)
+    ck = checkpoint.init_checkpoint(3)
     ck.arch = ArchConfig(num_classes=5)  # fc8 holds 3 rows
-    weights.save(ck, tmp_path / "bad.ckpt")
+    checkpoint.save(ck, tmp_path / "bad.ckpt")
     with pytest.raises(WeightsError, match=r"fc8.weight has shape 3x4096 .* needs 5x4096"):
-        weights.load(tmp_path / "bad.ckpt")
+        checkpoint.load(tmp_path / "bad.ckpt")
 
 
 def test_pickled_code_is_refused_and_never_runs(tmp_path):
@@ -48,29 +48,29 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
-    torch.save({"format": weights.FORMAT, "x": Evil()}, tmp_path / "evil.ckpt")
+    torch.save({"format": checkpoint.FORMAT, "x": Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(WeightsError, match="never runs pickled code"):
-        weights.load(tmp_path / "evil.ckpt")
+        checkpoint.load(tmp_path / "evil.ckpt")
     assert not marker.exists()
     # a plain pickle (not a torch zip) is refused before unpickling
     (tmp_path / "p.ckpt").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(WeightsError, match="not a checkpoint"):
-        weights.load(tmp_path / "p.ckpt")
+        checkpoint.load(tmp_path / "p.ckpt")
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("cut", [0.0, 0.3, 0.99])
 def test_truncated_checkpoint_is_refused(tmp_path, cut):
-    weights.save(weights.init_checkpoint(2), tmp_path / "ok.ckpt")
+    checkpoint.save(checkpoint.init_checkpoint(2), tmp_path / "ok.ckpt")
     raw = (tmp_path / "ok.ckpt").read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(raw[: int(len(raw) * cut)])
     with pytest.raises(WeightsError):
-        weights.load(tmp_path / "cut.ckpt")
+        checkpoint.load(tmp_path / "cut.ckpt")
 
 
 def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "keep.ckpt"
-    weights.save(weights.init_checkpoint(2, seed=1), path)
+    checkpoint.save(checkpoint.init_checkpoint(2, seed=1), path)
     before = path.read_bytes()
 
     def boom(*a, **k):
@@ -78,7 +78,7 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(WriteError, match="no space left on device"):
-        weights.save(weights.init_checkpoint(2, seed=2), path)
+        checkpoint.save(checkpoint.init_checkpoint(2, seed=2), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["keep.ckpt"]  # no temp file left
 
@@ -86,4 +86,4 @@ def test_save_is_atomic_when_writing_fails(tmp_path, monkeypatch):
 def test_torchvision_state_dict_gets_a_hint(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "tv.pth")
     with pytest.raises(WeightsError, match="weights import"):
-        weights.load(tmp_path / "tv.pth")
+        checkpoint.load(tmp_path / "tv.pth")

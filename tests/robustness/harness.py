@@ -117,8 +117,8 @@ def _limit_file_size(nbytes: int) -> None:
 _SERVER = r"""
 import json, os, signal, sys, traceback
 import faiss, torch  # noqa: F401  the heavy stack, imported once
-import alexsearch.cli, alexsearch.extract, alexsearch.indexer, alexsearch.search  # noqa: F401
-import alexsearch.store, alexsearch.weights  # noqa: F401
+import alexsearch.cli.app, alexsearch.index.build, alexsearch.index.extract  # noqa: F401
+import alexsearch.index.search, alexsearch.weights.checkpoint  # noqa: F401
 import resource
 reply = os.fdopen(int(sys.argv[1]), "w", buffering=1)
 for line in sys.stdin:
@@ -497,18 +497,19 @@ def tiny_checkpoint(path: Path) -> Path:
     """A valid checkpoint of a narrow network (a few hundred kB), for corrupting."""
     import torch
 
-    from alexsearch import weights
-    from alexsearch.model import AlexNet, ArchConfig
+    from alexsearch.net.alexnet import AlexNet
+    from alexsearch.net.arch import ArchConfig
+    from alexsearch.weights import checkpoint
 
     torch.manual_seed(0)
     arch = ArchConfig(num_classes=3, conv_channels=(8, 16, 16, 16, 16), fc_units=(32, 32))
-    ckpt = weights.Checkpoint(
+    ckpt = checkpoint.Checkpoint(
         arch=arch,
-        preprocess=weights.paper_preprocess(),
+        preprocess=checkpoint.paper_preprocess(),
         state_dict=AlexNet(arch).state_dict(),
         classes=["a", "b", "c"],
     )
-    weights.save(ckpt, path)
+    checkpoint.save(ckpt, path)
     return path
 
 

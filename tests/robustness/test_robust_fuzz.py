@@ -1,5 +1,5 @@
 """Fuzz the image decode path: mutated JPEG/PNG/GIF/... bytes either decode to a usable
-RGB image or raise data.ImageError, never anything else. (bench/fuzz_decode.py runs the
+RGB image or raise decode.ImageError, never anything else. (bench/fuzz_decode.py runs the
 same properties longer.)"""
 
 import io
@@ -8,7 +8,9 @@ from harness import FIGURES, photo_bytes
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexsearch import data, extract
+from alexsearch.data import crops
+from alexsearch.images import decode, preprocess
+from alexsearch.index import extract
 
 SEEDS = {
     fmt: photo_bytes(fmt, seed=i, size=(40, 30))
@@ -57,12 +59,12 @@ def test_decode_of_mutated_images_raises_only_image_error(case):
     _, raw = case
     FIGURES["fuzzed_images"] += 1
     try:
-        img = data.decode(io.BytesIO(raw), max_megapixels=MAX_MP)
-    except data.ImageError as e:
+        img = decode.decode(io.BytesIO(raw), max_megapixels=MAX_MP)
+    except decode.ImageError as e:
         assert str(e) and "\n" not in str(e)
         return
     assert img.mode == "RGB" and img.width >= 1 and img.height >= 1
-    u8 = data.resize_centre(img)  # the rest of the indexing path takes it too
+    u8 = crops.resize_centre_tensor(img)  # the rest of the indexing path takes it too
     assert tuple(u8.shape) == (3, 256, 256)
 
 
@@ -74,7 +76,7 @@ def test_extraction_worker_reports_instead_of_raising(tmp_path_factory, case):
     FIGURES["fuzzed_images"] += 1
     p = tmp_path_factory.mktemp("fz") / "f.jpg"
     p.write_bytes(raw)
-    ds = extract._Files([str(p)], data.Preprocess(), MAX_MP)
+    ds = extract._Files([str(p)], preprocess.Preprocess(), MAX_MP)
     i, crop, reason, digest, thumb = ds[0]
     assert i == 0 and digest
     assert (crop is None) == bool(reason)

@@ -17,7 +17,7 @@ from harness import (
     one_line_error,
 )
 
-from alexsearch import weights
+from alexsearch.weights import checkpoint
 
 
 def test_bad_image_corpus_indexes_reports_and_queries(env, tiny_ckpt, tmp_path):
@@ -82,7 +82,7 @@ def test_bad_checkpoints_are_refused_in_one_line_and_never_run_code(fs, env, tmp
     marker = tmp_path / "PICKLE_CODE_RAN"
     root = tmp_path / "weights"
     expect = bad_checkpoints(root, marker, seed=5)
-    good = weights.load(root / "good.ckpt")
+    good = checkpoint.load(root / "good.ckpt")
     FIGURES["bad_checkpoints"] += len(expect)
     for name, says in sorted(expect.items()):
         r = fs.run("info", "--weights", root / name, "--json")

@@ -25,8 +25,9 @@ from harness import (
 )
 from PIL import Image
 
-from alexsearch import search, weights
-from alexsearch.extract import extract_one
+from alexsearch.index import search
+from alexsearch.index.extract import extract_one
+from alexsearch.weights import checkpoint
 
 # Full-size paper network (kills land in its 230 MB load too) / a narrow one (cheap runs).
 TRIALS_FULL, TRIALS_NARROW = 4, 16
@@ -34,7 +35,7 @@ INDEX_OPTS = ("--workers", "0", "--batch-size", "2", "--commit-every", "2")
 
 
 def load_model(path):
-    ckpt = weights.load(path)
+    ckpt = checkpoint.load(path)
     return ckpt.build("cpu"), ckpt.preprocess
 
 
@@ -203,7 +204,7 @@ def test_kill_incremental_index_with_adds_deletes_changes(fs, env, photos, tiny_
 
 
 def _train_state(run_dir):
-    return weights.load(run_dir / "last.ckpt").state_dict
+    return checkpoint.load(run_dir / "last.ckpt").state_dict
 
 
 def test_kill_train_resumes_from_last_checkpoint(fs, env, tmp_path):
@@ -239,7 +240,7 @@ def test_kill_train_resumes_from_last_checkpoint(fs, env, tmp_path):
         FIGURES["kill_trials_mid_run"] += r.returncode == -9
         assert r.returncode in (0, -9), (moment, r.stderr)
         if (run_dir / "last.ckpt").exists():
-            weights.load(run_dir / "last.ckpt")  # never half-written
+            checkpoint.load(run_dir / "last.ckpt")  # never half-written
         if (run_dir / "metrics.jsonl").exists():
             rows = [json.loads(ln) for ln in (run_dir / "metrics.jsonl").read_text().splitlines()]
             assert [row["epoch"] for row in rows] == list(range(1, len(rows) + 1)), moment

@@ -1,0 +1,238 @@
+"""`alexsearch train` and `alexsearch eval` (classification error; retrieval precision)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ..errors import UserError
+from .render import TrainProgress, err, kv_table, out, print_json, progress_bar
+
+
+def train(
+    data_dir: Path = typer.Option(
+        None, "--data", help="DIR with train/ and val/ (ImageFolder: <split>/<class>/<image>)."
+    ),
+    val: Path = typer.Option(None, "--val", help="Validation folder, if not DIR/val."),
+    out_dir: Path = typer.Option(None, "--out", help="Run folder (default: runs/<timestamp>)."),
+    resume: Path = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    epochs: int = typer.Option(None, "--epochs", min=0, help="Epochs in all (paper: 90)."),
+    batch_size: int = typer.Option(None, "--batch-size", min=1, help="(paper: 128)"),
+    lr: float = typer.Option(None, "--lr", help="Initial learning rate (paper: 0.01)."),
+    patience: int = typer.Option(
+        None, "--patience", min=1, help="Epochs without a better val error before lr/10 (3)."
+    ),
+    workers: int = typer.Option(None, "--workers", min=0, help="Decode processes (2)."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Use at most N images per split."),
+    seed: int = typer.Option(None, "--seed", help="Seed for init, data order, augmentation (0)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:0,cuda:1 (auto)."),
+    stats_samples: int = typer.Option(
+        None, "--stats-samples", min=1, help="Images for the mean & PCA (10000)."
+    ),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile (off)."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Train the paper's network on a labelled folder (SGD, plateau schedule, checkpoints)."""
+    from ..train import config as train_config
+    from ..train import loop as training
+
+    given = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "patience": patience,
+        "workers": workers,
+        "limit": limit,
+        "seed": seed,
+        "device": device,
+        "stats_samples": stats_samples,
+        "compile": compile_,
+    }
+    if resume is not None:
+        cfg = train_config.resume_config(resume, given)
+    else:
+        if data_dir is None:
+            raise UserError("give --data DIR (with train/ and val/) or --resume RUN_DIR")
+        cfg = train_config.TrainConfig(data=str(data_dir), val=str(val) if val else None)
+        cfg.out = str(out_dir or train_config.default_run_dir())
+        for key, value in given.items():
+            if value is not None:
+                setattr(cfg, key, value)
+    if data_dir is not None and resume is not None and str(data_dir) != cfg.data:
+        cfg.data = str(data_dir)  # the same images moved elsewhere
+    reporter = TrainProgress() if not as_json else None
+    try:
+        result = training.run(cfg, reporter, resume=resume is not None)
+    finally:
+        if reporter:
+            reporter.stop()
+    if result.rank != 0:  # under torchrun the first process speaks for all
+        return
+    if as_json:
+        from dataclasses import asdict
+
+        print_json(asdict(result))
+        return
+    rows = {
+        "run": result.run_dir,
+        "plan": result.plan,
+        "images": f"{result.train_images} train, {result.val_images} val, {result.classes} classes",
+        "epochs": result.epochs_done,
+        "time": f"{result.seconds:.0f} s",
+        "final lr": f"{result.lr:g}",
+    }
+    if result.last:
+        rows["last epoch"] = (
+            f"loss {result.last['train_loss']:.4f}, val top-1 {result.last['val_top1_err']:.3f},"
+            f" top-5 {result.last['val_top5_err']:.3f}, {result.last['img_per_s']:.1f} img/s"
+        )
+    if result.best_epoch is not None:
+        rows["best (centre crop)"] = (
+            f"epoch {result.best_epoch}: val top-1 {result.best_val_top1_err:.3f}, "
+            f"top-5 {result.best_val_top5_err:.3f}"
+        )
+    rows["checkpoints"] = f"{result.run_dir}/best.ckpt, {result.run_dir}/last.ckpt"
+    rows["final weights"] = result.fingerprint
+    if len(result.replica_fingerprints) > 1:
+        same = len(set(result.replica_fingerprints)) == 1
+        rows["replicas"] = f"{len(result.replica_fingerprints)}, " + (
+            "identical" if same else "DIFFERENT: " + ", ".join(result.replica_fingerprints)
+        )
+    rows["skipped images"] = len(result.skipped)
+    out.print(kv_table("train", rows))
+    for p, why in result.skipped[:10]:
+        err.print(f"skipped {p}: {why}", highlight=False)
+    if len(result.skipped) > 10:
+        err.print(f"... and {len(result.skipped) - 10} more unreadable images", highlight=False)
+
+
+def eval_classification(
+    ctx: typer.Context,
+    data_dir: Path = typer.Option(
+        None, "--data", help="Labelled folder (<class>/<image>); DIR/val if it has one."
+    ),
+    weights_path: Path = typer.Option(
+        None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
+    ),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: int = typer.Option(2, "--workers", min=0, help="Decode processes."),
+    limit: int = typer.Option(None, "--limit", min=1, help="Evaluate at most N images."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+) -> None:
+    """Top-1/top-5 error on a labelled folder: centre crop and the paper's ten crops."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if data_dir is None:
+        raise UserError("give --data DIR (a labelled folder), or use `alexsearch eval retrieval`")
+    from ..evaluate import classification
+    from ..net.devices import resolve_device
+    from ..weights import checkpoint, locations
+
+    ckpt = checkpoint.load(locations.resolve(weights_path))
+    bar = progress_bar("evaluating")
+    task = None
+
+    def progress(done, total):
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("eval", total=total, rate="")
+        bar.update(task, completed=done)
+
+    try:
+        result = classification.classify(
+            ckpt, data_dir, batch_size, workers, resolve_device(device), limit, progress
+        )
+    finally:
+        if task is not None:
+            bar.stop()
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        table = Table(title=f"classification error on {result.folder}", title_justify="left")
+        table.add_column("crops")
+        table.add_column("top-1 error", justify="right")
+        table.add_column("top-5 error", justify="right")
+        table.add_row("centre", f"{result.centre_top1_err:.4f}", f"{result.centre_top5_err:.4f}")
+        table.add_row(
+            "ten-crop", f"{result.ten_crop_top1_err:.4f}", f"{result.ten_crop_top5_err:.4f}"
+        )
+        out.print(table)
+        out.print(
+            f"{result.images} images, classes matched {result.mapping}, "
+            f"{len(result.skipped)} unreadable skipped",
+            highlight=False,
+        )
+    for p, why in result.skipped:
+        err.print(f"skipped {p}: {why}", highlight=False)
+
+
+def eval_retrieval(
+    index_dir: Path = typer.Option(
+        None, "--index", help="Index folder (default: indexes/default)."
+    ),
+    binary: bool = typer.Option(
+        False, "--binary", help="Add 32-, 64- and 256-bit code rows (autoencoders trained here)."
+    ),
+    epochs: int = typer.Option(None, "--epochs", min=1, help="Autoencoder epochs [50]."),
+    rerank: int = typer.Option(
+        0, "--rerank", min=0, help="With --binary: add a row re-ranking the top N by fc7 L2."
+    ),
+    max_queries: int = typer.Option(
+        5000, "--max-queries", min=1, help="Sample this many query files when there are more."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for the query sample and autoencoders."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
+) -> None:
+    """Leave-one-out precision@1/6/10 and mAP of an index, parent folder as label, beside
+    a pixel-space baseline (L2 between 32x32 thumbnails)."""
+    from ..evaluate import retrieval
+
+    bar = progress_bar("training")
+    tasks = {}
+
+    def progress(label, done, total):
+        if not tasks:
+            bar.start()
+        if label not in tasks:
+            tasks[label] = bar.add_task(label, total=total, rate=label)
+        bar.update(tasks[label], completed=done)
+
+    try:
+        res = retrieval.retrieval(
+            index_dir,
+            binary,
+            epochs=epochs,
+            rerank=rerank,
+            max_queries=max_queries,
+            seed=seed,
+            progress=progress,
+        )
+    finally:
+        if tasks:
+            bar.stop()
+    if as_json:
+        print_json(res)
+        return
+    sample = f", a sample of {res['queries']}" if res["sampled"] else ""
+    table = Table(
+        title=f"retrieval, leave-one-out: {res['files']} files, {res['labels']} labels "
+        f"(parent folders), {res['queries']} queries{sample}",
+        title_justify="left",
+    )
+    table.add_column("method")
+    table.add_column("bytes/image", justify="right")
+    for k in ("precision@1", "precision@6", "precision@10", "mAP"):
+        table.add_column(k, justify="right")
+    for r in res["rows"]:
+        table.add_row(
+            r["method"],
+            str(r["bytes_per_image"]),
+            *(f"{r[k]:.3f}" for k in ("precision@1", "precision@6", "precision@10", "mAP")),
+        )
+    out.print(table)
+    if res["left_out_single"]:
+        err.print(f"{res['left_out_single']} files alone in their folder were not queried")

@@ -1,0 +1,122 @@
+"""Classification error of a checkpoint on a labelled folder: top-1 and top-5, of the
+centre crop and of the paper's average of the softmax over ten crops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.crops import ten_crop
+from ..data.loader import labelled, loader
+from ..errors import UserError
+
+
+@dataclass
+class ClassificationResult:
+    images: int
+    centre_top1_err: float
+    centre_top5_err: float
+    ten_crop_top1_err: float
+    ten_crop_top5_err: float
+    folder: str
+    mapping: str  # how folder classes were matched to the checkpoint's ("by name", ...)
+    skipped: list = field(default_factory=list)  # [(path, reason)]
+
+    def to_dict(self) -> dict:
+        return {
+            "folder": self.folder,
+            "images": self.images,
+            "centre": {"top1_err": self.centre_top1_err, "top5_err": self.centre_top5_err},
+            "ten_crop": {"top1_err": self.ten_crop_top1_err, "top5_err": self.ten_crop_top5_err},
+            "mapping": self.mapping,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+def class_mapping(folder_classes: list[str], ckpt_classes: list[str], num_outputs: int):
+    """(folder label -> network output index, how). By name when every folder class is one
+    of the checkpoint's; otherwise by sorted order when the counts agree; else refuse."""
+    if folder_classes and all(c in ckpt_classes for c in folder_classes):
+        where = {c: i for i, c in enumerate(ckpt_classes)}
+        return [where[c] for c in folder_classes], "by name"
+    if len(folder_classes) == num_outputs:
+        return list(range(num_outputs)), (
+            "by sorted order (the folder's class names are not the checkpoint's)"
+        )
+    raise UserError(
+        f"the folder has {len(folder_classes)} classes and the checkpoint "
+        f"{num_outputs}, and the names do not match (e.g. folder class "
+        f"{next(c for c in folder_classes if c not in ckpt_classes)!r}): cannot tell which "
+        "output is which class"
+    )
+
+
+def eval_folder(root) -> Path:
+    """DIR, or DIR/val when DIR holds a val/ split."""
+    root = Path(root)
+    return root / "val" if (root / "val").is_dir() else root
+
+
+def ten_crop_probs(model, u8, pre, device) -> torch.Tensor:
+    """Softmax of the ten crops of each uint8 256 image: (N, 10, classes), crop 4 the centre."""
+    # Subtract the mean before cropping, so a mean image is cropped with each crop.
+    crops = ten_crop(pre.normalize(u8.to(device)), pre.input_size)  # (N, 10, 3, s, s)
+    n = crops.shape[0]
+    x = crops.reshape(n * 10, *crops.shape[2:])
+    with torch.no_grad():
+        return torch.softmax(model(x).float(), dim=1).view(n, 10, -1)
+
+
+CENTRE = 4  # index of the unmirrored centre crop in data.crops.ten_crop's order
+
+
+def classify(
+    ckpt,
+    root,
+    batch_size: int = 32,
+    workers: int = 2,
+    device: str = "cpu",
+    limit: int | None = None,
+    progress=None,
+) -> ClassificationResult:
+    """Top-1/top-5 error of a checkpoint on a labelled folder, centre crop and ten-crop."""
+    folder = eval_folder(root)
+    classes, samples = labelled(folder, limit, seed=0)
+    to_output, how = class_mapping(classes, ckpt.classes, ckpt.arch.num_classes)
+    samples = [(p, to_output[y]) for p, y in samples]
+    model = ckpt.build(device)
+    c1 = c5 = t1 = t5 = n = 0
+    skipped = []
+    batches = loader(samples, batch_size, workers, squash=ckpt.preprocess.squash)
+    for b, (u8, labels, bad) in enumerate(batches):
+        skipped += bad
+        if len(labels):
+            probs = ten_crop_probs(model, u8, ckpt.preprocess, device).cpu()
+            a, z = topk_wrong(probs[:, CENTRE], labels)
+            c1, c5 = c1 + a, c5 + z
+            a, z = topk_wrong(probs.mean(1), labels)
+            t1, t5, n = t1 + a, t5 + z, n + len(labels)
+        if progress:
+            progress(min((b + 1) * batch_size, len(samples)), len(samples))
+    if n == 0:
+        raise UserError(f"{folder}: no readable image to evaluate")
+    return ClassificationResult(
+        images=n,
+        centre_top1_err=c1 / n,
+        centre_top5_err=c5 / n,
+        ten_crop_top1_err=t1 / n,
+        ten_crop_top5_err=t5 / n,
+        folder=str(folder),
+        mapping=how,
+        skipped=skipped,
+    )
+
+
+def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """How many labels are outside the top-1 and the top-5 (top-min(5, C)) predictions."""
+    k = min(5, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    hit = top == labels.view(-1, 1)
+    return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())

@@ -1,0 +1,181 @@
+"""Retrieval precision of an index, leave-one-out.
+
+Every ok file (or a fixed random sample of --max-queries of them) queries all the
+others; a neighbour is right when it has the query's label, its parent folder's name
+(images.folders.label_of). precision@k = right among the first k / k; AP averages the
+precision at each right neighbour over the full ranking of the rest of the index; a
+query whose label no other file has cannot be right and is left out. Rankings come
+from exact FAISS searches (float L2, pixel L2, Hamming), in chunks of queries, so the
+memory is chunk x files; Hamming ties keep FAISS's order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import IndexError_
+from ..images.folders import label_of
+from ..index import autoencoder
+from ..index.catalogue import Catalogue
+from ..index.manifest import open_existing
+
+RETRIEVAL_KS = (1, 6, 10)
+RETRIEVAL_BITS = (32, 64, 256)
+MAX_QUERIES = 5000
+_CHUNK = 256
+
+
+def ranking_scores(order: np.ndarray, labels: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Per query (rows of `order`: positions of the other files, nearest first):
+    precision@k for RETRIEVAL_KS, then average precision. Shape (q, len(KS) + 1)."""
+    rel = labels[order] == labels[queries][:, None]
+    ranks = np.arange(1, order.shape[1] + 1)
+    out = np.empty((len(order), len(RETRIEVAL_KS) + 1))
+    for j, k in enumerate(RETRIEVAL_KS):
+        out[:, j] = rel[:, :k].sum(1) / k
+    hits = rel.sum(1)
+    out[:, -1] = (np.cumsum(rel, 1) / ranks * rel).sum(1) / np.maximum(hits, 1)
+    return out
+
+
+def _drop_self(found: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Remove each query's own position from its ranking (exactly once)."""
+    keep = found != queries[:, None]
+    return found[keep].reshape(len(found), found.shape[1] - 1)
+
+
+def _float_rankings(x: np.ndarray, queries: np.ndarray):
+    """Full L2 rankings (positions), chunk by chunk."""
+    import faiss
+
+    index = faiss.IndexFlatL2(x.shape[1])
+    index.add(np.ascontiguousarray(x, np.float32))
+    for s in range(0, len(queries), _CHUNK):
+        q = queries[s : s + _CHUNK]
+        _, found = index.search(np.ascontiguousarray(x[q], np.float32), len(x))
+        yield q, _drop_self(found, q)
+
+
+def _hamming_rankings(packed: np.ndarray, queries: np.ndarray, bits: int):
+    import faiss
+
+    index = faiss.IndexBinaryFlat(bits)
+    index.add(np.ascontiguousarray(packed))
+    for s in range(0, len(queries), _CHUNK):
+        q = queries[s : s + _CHUNK]
+        _, found = index.search(np.ascontiguousarray(packed[q]), len(packed))
+        yield q, _drop_self(found, q)
+
+
+def _reranked(rankings, x: np.ndarray, n: int):
+    """Re-rank the first n of each Hamming ranking by exact L2; the rest keep their order."""
+    for q, order in rankings:
+        head = order[:, :n].copy()
+        for r, qi in enumerate(q):  # one query at a time: n x dim, not chunk x n x dim
+            d = ((x[head[r]] - x[qi]) ** 2).sum(-1)
+            head[r] = head[r][np.argsort(d, kind="stable")]
+        yield q, np.concatenate([head, order[:, n:]], axis=1)
+
+
+def _score(rankings, labels) -> dict:
+    rows = [ranking_scores(order, labels, q) for q, order in rankings]
+    mean = np.concatenate(rows).mean(0) if rows else np.full(len(RETRIEVAL_KS) + 1, np.nan)
+    out = {f"precision@{k}": float(mean[j]) for j, k in enumerate(RETRIEVAL_KS)}
+    out["mAP"] = float(mean[-1])
+    return out
+
+
+def retrieval(
+    index=None,
+    binary: bool = False,
+    bits: tuple[int, ...] = RETRIEVAL_BITS,
+    epochs: int | None = None,
+    rerank: int = 0,
+    max_queries: int | None = MAX_QUERIES,
+    seed: int = 0,
+    progress=None,  # progress(label, done, total) while training autoencoders
+) -> dict:
+    """Leave-one-out retrieval figures of an index: fc7 float L2 beside pixel L2 (32x32
+    thumbnails), and with `binary` the codes of each size in `bits` (the index's own
+    autoencoder when it has that size, else one trained here), optionally re-ranked."""
+    d, manifest = open_existing(index)
+    cat = Catalogue(d / "catalogue.sqlite", readonly=True)
+    try:
+        ids, vecs = cat.vectors(manifest["dimension"])
+        rows = cat.labelled()
+    finally:
+        cat.close()
+    assert [r[0] for r in rows] == ids.tolist()  # both ordered by id, over the same ok files
+    labels_txt = [label_of(p) for _, p, _ in rows]
+    _, labels = np.unique(labels_txt, return_inverse=True)
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    candidates = np.flatnonzero(counts[labels] > 1) if len(labels) else np.zeros(0, int)
+    if len(candidates) == 0:
+        raise IndexError_(
+            f"{d}: no two files share a parent folder, so no neighbour can be right; "
+            "retrieval evaluation needs photos sorted into folders by subject"
+        )
+    sampled = max_queries is not None and len(candidates) > max_queries
+    queries = candidates
+    if sampled:
+        rng = np.random.default_rng(seed)
+        queries = np.sort(rng.choice(candidates, max_queries, replace=False))
+    out_rows = []
+
+    def row(method, bytes_per_image, rankings, **extra):
+        out_rows.append(
+            {
+                "method": method,
+                **extra,
+                "bytes_per_image": bytes_per_image,
+                **_score(rankings, labels),
+            }
+        )
+
+    dim = manifest["dimension"]
+    row("fc7 float, L2", dim * 4, _float_rankings(vecs, queries))
+    if all(t for _, _, t in rows):
+        thumbs = np.stack([np.frombuffer(t, np.uint8) for _, _, t in rows]).astype(np.float32)
+        row("pixels 32x32, L2", thumbs.shape[1], _float_rankings(thumbs, queries))
+    if binary:
+        have = manifest.get("codes") or {}
+        for b in bits:
+            if have.get("bits") == b:
+                coder = autoencoder.load(d / have["autoencoder"], manifest["model"]["fingerprint"])
+                source = "index's autoencoder"
+            else:
+                n_ep = epochs or autoencoder.DEFAULT_EPOCHS
+                cb = (
+                    (lambda e, n, err, b=b: progress(f"{b}-bit autoencoder", e, n))
+                    if progress
+                    else None
+                )
+                coder = autoencoder.train(
+                    vecs, b, n_ep, manifest["model"]["fingerprint"], seed=seed, progress=cb
+                )
+                source = f"trained here, {n_ep} epochs"
+            packed = coder.encode(vecs)
+            row(
+                f"{b}-bit codes, Hamming",
+                b // 8,
+                _hamming_rankings(packed, queries, b),
+                bits=b,
+                autoencoder=source,
+            )
+            if rerank and b == max(bits):
+                row(
+                    f"{b}-bit codes, top {rerank} re-ranked by fc7 L2",
+                    b // 8 + dim * 4,
+                    _reranked(_hamming_rankings(packed, queries, b), vecs, rerank),
+                    bits=b,
+                    autoencoder=source,
+                )
+    return {
+        "index": str(d),
+        "files": len(ids),
+        "labels": int(len(counts)),
+        "queries": int(len(queries)),
+        "sampled": bool(sampled),
+        "left_out_single": int(len(ids) - len(candidates)),
+        "rows": out_rows,
+    }

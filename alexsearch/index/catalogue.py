@@ -1,0 +1,202 @@
+"""The catalogue of an index (SQLite): one row per file, the source of truth.
+
+Each row: id, path, size, mtime, content digest, status (ok / failed and why), the fc7
+vector and a 32x32 thumbnail. WAL mode; the indexer commits in chunks, so a killed run
+keeps what it committed and a rerun resumes. Readers open it read-only (also on
+read-only media).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import urllib.parse
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IndexError_
+
+
+@dataclass
+class Row:
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    digest: str
+    status: str
+    reason: str
+
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    digest TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+    reason TEXT NOT NULL DEFAULT '',
+    vector BLOB,
+    thumb BLOB,
+    indexed_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_digest ON files (size, digest);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class Catalogue:
+    """The SQLite catalogue of one index."""
+
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = path
+        try:
+            if readonly:
+                self.db = _open_readonly(path)
+            else:
+                self.db = sqlite3.connect(path, timeout=30)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+                self.db.commit()
+        except sqlite3.OperationalError as e:  # full disk, read-only folder, cannot open
+            raise IndexError_(f"{path}: cannot use the catalogue ({_why(path, e)})") from None
+        except sqlite3.DatabaseError as e:
+            raise IndexError_(
+                f"{path}: catalogue is not a readable SQLite database ({e})"
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def rows(self, under: list[str] | None = None) -> dict[str, Row]:
+        cur = self.db.execute("SELECT id, path, size, mtime_ns, digest, status, reason FROM files")
+        out = {}
+        for r in cur:
+            row = Row(*r)
+            if under is None or any(_is_under(row.path, root) for root in under):
+                out[row.path] = row
+        return out
+
+    def count(self) -> tuple[int, int]:
+        ok = self.db.execute("SELECT COUNT(*) FROM files WHERE status='ok'").fetchone()[0]
+        bad = self.db.execute("SELECT COUNT(*) FROM files WHERE status='failed'").fetchone()[0]
+        return ok, bad
+
+    def failures(self) -> list[tuple[str, str]]:
+        return list(
+            self.db.execute("SELECT path, reason FROM files WHERE status='failed' ORDER BY path")
+        )
+
+    def paths(self, ids) -> dict[int, str]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        q = f"SELECT id, path FROM files WHERE id IN ({','.join('?' * len(ids))})"
+        return dict(self.db.execute(q, ids))
+
+    def id_of(self, path: str) -> int | None:
+        r = self.db.execute("SELECT id FROM files WHERE path=? AND status='ok'", (path,)).fetchone()
+        return r[0] if r else None
+
+    def vectors(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64 (n,), vectors float32 (n, dim)) of every ok file, by id."""
+        cur = self.db.execute("SELECT id, vector FROM files WHERE status='ok' ORDER BY id")
+        ids, blobs = [], []
+        for i, blob in cur:
+            ids.append(i)
+            blobs.append(blob)
+        vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+        return np.asarray(ids, dtype=np.int64), vecs
+
+    def labelled(self) -> list[tuple[int, str, bytes]]:
+        return list(
+            self.db.execute("SELECT id, path, thumb FROM files WHERE status='ok' ORDER BY id")
+        )
+
+    def vector_of(self, file_id: int) -> np.ndarray:
+        blob = self.db.execute("SELECT vector FROM files WHERE id=?", (file_id,)).fetchone()[0]
+        return np.frombuffer(blob, dtype=np.float32)
+
+    # -- writes (the caller holds the index lock and commits in chunks)
+
+    def put(self, path, size, mtime_ns, digest, vector, thumb, reason="") -> None:
+        status = "ok" if vector is not None else "failed"
+        blob = None if vector is None else np.ascontiguousarray(vector, np.float32).tobytes()
+        with _writing(self.path):
+            self.db.execute(
+                "INSERT INTO files (path, size, mtime_ns, digest, status, reason, vector, thumb,"
+                " indexed_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(path) DO UPDATE SET"
+                " size=excluded.size, mtime_ns=excluded.mtime_ns, digest=excluded.digest,"
+                " status=excluded.status, reason=excluded.reason, vector=excluded.vector,"
+                " thumb=excluded.thumb, indexed_at=excluded.indexed_at",
+                (path, size, mtime_ns, digest, status, reason, blob, thumb or None, time.time()),
+            )
+
+    def move(self, file_id: int, new_path: str, size: int, mtime_ns: int) -> None:
+        with _writing(self.path):
+            self.db.execute(
+                "UPDATE files SET path=?, size=?, mtime_ns=? WHERE id=?",
+                (new_path, size, mtime_ns, file_id),
+            )
+
+    def delete(self, file_ids) -> None:
+        with _writing(self.path):
+            self.db.executemany("DELETE FROM files WHERE id=?", [(int(i),) for i in file_ids])
+
+    def commit(self) -> None:
+        with _writing(self.path):
+            self.db.commit()
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection, also on read-only media, where SQLite cannot make the
+    shared-memory file a WAL database needs: nobody can change the file there, so it is
+    read as immutable. (The path is quoted: '?' or '#' in a folder name would cut it.)"""
+    uri = f"file:{urllib.parse.quote(str(path))}"
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    try:
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens lazily
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        if not path.exists() or not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            raise
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30)
+    db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    return db
+
+
+@contextmanager
+def _writing(path: Path):
+    """A catalogue write that fails (full disk, read-only) is one line naming the file.
+
+    SQLite rolls the open transaction back, so the catalogue keeps its last commit.
+    """
+    try:
+        yield
+    except sqlite3.OperationalError as e:
+        raise IndexError_(
+            f"cannot write {path} ({_why(path, e)}); it keeps the files committed before"
+        ) from None
+
+
+def _why(path: Path, e: sqlite3.Error) -> str:
+    """SQLite reports a full disk as 'disk I/O error' when its shared memory file cannot
+    grow; say what the user can act on."""
+    try:
+        st = os.statvfs(path.parent)
+        if st.f_bavail * st.f_frsize < 256 * 1024:
+            return f"no space left on device: {e}"
+    except OSError:
+        pass
+    return str(e)
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

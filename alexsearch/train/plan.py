@@ -1,0 +1,86 @@
+"""Where a training run computes: one device, two devices (a tower each), or one process
+per device under torchrun (DistributedDataParallel); and its bf16 autocast on CUDA."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..net.devices import resolve_device
+from .config import TrainError
+
+
+@dataclass
+class Plan:
+    """Where the network runs: one device, two devices (a tower each), or DDP."""
+
+    devices: list[torch.device]
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.devices[0]
+
+    @property
+    def two_towers(self) -> bool:
+        return len(self.devices) == 2
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def parse_devices(spec: str) -> list[torch.device]:
+    """One device, or two (a tower each) separated by a comma."""
+    parts = [s for s in spec.split(",") if s.strip()] or ["auto"]
+    if len(parts) > 2:
+        raise TrainError("--device: at most two devices (one tower each); for more use torchrun")
+    return [resolve_device(p) for p in parts]
+
+
+def setup_plan(spec: str) -> Plan:
+    """torchrun sets RANK/WORLD_SIZE: then data parallelism, one process per device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Plan(parse_devices(spec))
+    import torch.distributed as dist
+
+    rank = int(os.environ["RANK"])
+    local = int(os.environ.get("LOCAL_RANK", rank))
+    want_cuda = spec != "cpu" and torch.cuda.is_available()
+    if "," in spec:
+        raise TrainError("under torchrun each process takes one device; drop the comma")
+    if want_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if want_cuda else "gloo")
+    return Plan([dev], rank=rank, world=world)
+
+
+def all_sum(plan: Plan, values: list[float]) -> list[float]:
+    if plan.world == 1:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=plan.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def autocast_for(device: torch.device, amp: bool):
+    """bf16 autocast on CUDA (the weights and the update stay fp32); nothing on the CPU."""
+    if device.type == "cuda" and amp:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext

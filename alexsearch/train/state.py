@@ -1,0 +1,49 @@
+"""What a run saves to resume exactly: the random generators' states, the per-epoch seed,
+and the optimizer's velocity in the one-device layout whichever plan ran."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from ..net.alexnet import to_grouped, to_towers
+
+
+def plan_to_grouped(named: dict, two_towers: bool) -> dict:
+    """Tensors named after the running plan -> the one-device layout (CPU)."""
+    if two_towers:
+        return to_grouped(named)
+    return {k: v.detach().cpu() for k, v in named.items()}
+
+
+def grouped_to_plan(grouped: dict, two_towers: bool) -> dict:
+    """The inverse of plan_to_grouped."""
+    return to_towers(grouped) if two_towers else dict(grouped)
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), int(n[2]), int(n[3]), float(n[4])))
+    p = state["python"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**62)

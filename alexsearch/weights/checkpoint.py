@@ -1,0 +1,210 @@
+"""The checkpoint format: weights + architecture + preprocessing + class names, one file.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors, read back with
+``torch.load(weights_only=True)``, so loading never executes pickled code. It carries a
+fingerprint (SHA-256 over the tensors in key order), computed once when written, which
+indexes record so a query with other weights is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_write
+from ..errors import WeightsError
+from ..images.preprocess import Preprocess
+from ..net.alexnet import AlexNet
+from ..net.arch import PAPER, ArchConfig, expected_shapes
+from . import checkpoint_file
+from .checkpoint_file import FORMAT, VERSION
+
+
+@dataclass
+class Checkpoint:
+    arch: ArchConfig
+    preprocess: Preprocess
+    state_dict: dict[str, torch.Tensor]
+    classes: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)  # provenance: source, training run, epoch...
+    fingerprint: str = ""
+    extra: dict = field(default_factory=dict)  # training state (optimizer, RNG) when resuming
+
+    def build(self, device: str | torch.device = "cpu") -> AlexNet:
+        """The network in eval mode on `device`."""
+        with torch.device("meta"):  # no throwaway allocation: take the loaded tensors as is
+            model = AlexNet(self.arch, init=False)
+        model.load_state_dict(self.state_dict, assign=True)
+        # float64 or float16 weights (a valid checkpoint) still compute in float32, the
+        # precision of every input and every index
+        return model.float().to(device).eval()
+
+    def describe(self) -> dict:
+        n = sum(t.numel() for t in self.state_dict.values())
+        return {
+            "architecture": self.arch.name,
+            "towers": self.arch.towers,
+            "parameters": n,
+            "classes": self.arch.num_classes,
+            "class_names": len(self.classes),
+            "input_size": self.preprocess.input_size,
+            "channel_order": self.preprocess.channel_order,
+            "pixel_scale": self.preprocess.scale,
+            "geometry": self.preprocess.geometry(),
+            "mean": "image" if torch.as_tensor(self.preprocess.mean).ndim > 1 else "per-channel",
+            "lrn": None if self.arch.lrn is None else self.arch.lrn.__dict__,
+            "fingerprint": self.fingerprint,
+            **{k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))},
+        }
+
+
+def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def check_fits(arch: ArchConfig, state_dict: dict[str, torch.Tensor]) -> None:
+    """Refuse tensors that do not fit the architecture, naming the first difference."""
+    want = expected_shapes(arch)
+    missing = sorted(set(want) - set(state_dict))
+    extra = sorted(set(state_dict) - set(want))
+    if missing:
+        raise WeightsError(f"weights lack {', '.join(missing[:3])} for a {arch.name} network")
+    if extra:
+        raise WeightsError(f"weights hold unexpected {', '.join(extra[:3])}")
+    for key, shape in want.items():
+        got = tuple(state_dict[key].shape)
+        if got != shape:
+            raise WeightsError(
+                f"{key} has shape {'x'.join(map(str, got))} but the stored architecture "
+                f"({arch.name}, {arch.num_classes} classes) needs {'x'.join(map(str, shape))}"
+            )
+        if not state_dict[key].is_floating_point():
+            raise WeightsError(f"{key} is {state_dict[key].dtype}, not floating point")
+        if not bool(torch.isfinite(state_dict[key]).all()):
+            raise WeightsError(
+                f"{key} holds NaN or infinite values (a diverged training run or a damaged file)"
+            )
+
+
+def save(ckpt: Checkpoint, path: str | os.PathLike) -> str:
+    """Write atomically (a temporary file beside it, fsync, rename); returns the fingerprint."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
+    ckpt.fingerprint = fingerprint(sd)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": ckpt.arch.to_dict(),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "classes": list(ckpt.classes),
+        "meta": dict(ckpt.meta),
+        "fingerprint": ckpt.fingerprint,
+        "state_dict": sd,
+        "extra": ckpt.extra,
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return ckpt.fingerprint
+
+
+def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
+    """Read and validate a checkpoint; any problem is a WeightsError with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise WeightsError(f"{path}: no such weights file")
+    if path.is_dir():
+        raise WeightsError(f"{path}: is a folder, not a weights file")
+    if not zipfile.is_zipfile(path):
+        hint = ""
+        if path.suffix in (".caffemodel", ".pth", ".pt"):
+            hint = ": `alexsearch weights import` it first"
+        raise WeightsError(f"{path}: not a checkpoint (not a PyTorch zip archive){hint}")
+    _check_archive(path)
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
+    except pickle.UnpicklingError:
+        raise WeightsError(
+            f"{path}: refused: it holds pickled Python objects beyond tensors and plain "
+            "containers, and alexsearch never runs pickled code"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a readable checkpoint ({msg})") from None
+    except Exception as e:
+        raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        hint = ""
+        if isinstance(raw, dict) and "features.0.weight" in raw:
+            hint = " (it looks like a torchvision state dict: `alexsearch weights import` it)"
+        raise WeightsError(f"{path}: not an alexsearch checkpoint{hint}")
+    if raw.get("version", 0) > VERSION:
+        raise WeightsError(f"{path}: checkpoint version {raw['version']} is newer than this tool")
+    try:
+        arch = ArchConfig.from_dict(raw["arch"])
+        pre = Preprocess.from_dict(raw["preprocess"])
+        sd = raw["state_dict"]
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise WeightsError(f"{path}: state_dict is not a mapping of tensors")
+        check_fits(arch, sd)
+        return Checkpoint(
+            arch=arch,
+            preprocess=pre,
+            state_dict=sd,
+            classes=list(raw.get("classes") or []),
+            meta=dict(raw.get("meta") or {}),
+            fingerprint=str(raw.get("fingerprint") or ""),
+            extra=dict(raw.get("extra") or {}),
+        )
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch
+        # refusing an impossible architecture (negative or zero sizes) while sizing it
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {msg})") from None
+
+
+def _check_archive(path: Path) -> None:
+    """Verify the zip's checksums, which torch.load skips: a flipped bit in a tensor would
+    otherwise load silently (under the fingerprint of the undamaged file)."""
+    try:
+        checkpoint_file.check_archive(path)
+    except checkpoint_file.ArchiveError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+
+
+def paper_preprocess() -> Preprocess:
+    """The paper's input convention before training statistics are known.
+
+    RGB on the 0..255 scale minus a per-channel mean; until a training set's mean is
+    measured we use ImageNet's (the paper's training set) on that scale.
+    """
+    return Preprocess(mean=[123.68, 116.78, 103.94])
+
+
+def init_checkpoint(num_classes: int = 1000, seed: int = 0, classes=None) -> Checkpoint:
+    """An untrained, paper-initialised two-tower network."""
+    if num_classes < 1:
+        raise WeightsError("--classes must be at least 1")
+    torch.manual_seed(seed)
+    arch = ArchConfig(num_classes=num_classes) if num_classes != PAPER.num_classes else PAPER
+    model = AlexNet(arch)
+    names = list(classes) if classes else [f"class_{i}" for i in range(num_classes)]
+    return Checkpoint(
+        arch=arch,
+        preprocess=paper_preprocess(),
+        state_dict=model.state_dict(),
+        classes=names,
+        meta={"source": "paper init (untrained)", "seed": seed},
+    )
