@@ -2,7 +2,7 @@
 
 - `cli()`: run `python -m alexsearch ...` in a real subprocess, with its peak RSS.
 - `Forkserver`: a process that imported torch, faiss and alexsearch once and forks a
-  child per CLI run (`alexsearch.cli.main(argv)`, the console script's own entry), so a
+  child per CLI run (`alexsearch.cli.app.main(argv)`, the console script's own entry), so a
   kill trial costs a fork instead of a ~2 s interpreter start. The test process
   kill -9s the child by pid; the server reaps it and reports its exit status and RSS.
 - `one_line_error()` / `no_traceback()`: what every failing command must look like.
@@ -146,7 +146,7 @@ for line in sys.stdin:
         sys.argv = ["alexsearch", *req["argv"]]
         code = 0
         try:
-            alexsearch.cli.main(req["argv"])
+            alexsearch.cli.app.main(req["argv"])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:
