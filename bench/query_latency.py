@@ -9,7 +9,7 @@ then in the same run times:
   torch path    the same command with `--device auto`, which embeds with torch
   baseline      the usual script: torch.load the checkpoint, build the model, torchvision
                 transforms, faiss.read_index (a full copy), search, paths from SQLite
-  search only   Searcher.search for one vector, in process (median of many)
+  search only   Snapshot.search for one vector, in process (median of many)
 
 for each FAISS kind asked: flat (exact, the default of `alexsearch index`) and ivfsq
 (what `--kind auto` picks for 100k vectors).
@@ -53,7 +53,7 @@ print([db.execute("SELECT path FROM files WHERE id=?", (int(j),)).fetchone()[0] 
 
 
 def build(index_dir: Path, n: int, kind: str, weights: str) -> None:
-    from alexsearch.index import build, catalogue, lock
+    from alexsearch.index import build, catalogue, lock, manifest
     from alexsearch.weights import checkpoint
 
     ckpt = checkpoint.load(weights)
@@ -67,9 +67,11 @@ def build(index_dir: Path, n: int, kind: str, weights: str) -> None:
             i = start + j
             cat.put(f"/synthetic/{i // 1000:03d}/{i:06d}.jpg", 1, 1, f"{i:032x}", v, b"")
         cat.commit()
-    info = (ckpt.build(), ckpt.preprocess, ckpt.fingerprint, Path(weights).resolve(), "fc7")
+    new = manifest.Manifest.new(
+        ckpt.fingerprint, Path(weights).resolve(), "fc7", 4096, ckpt.preprocess
+    )
     with lock.write_lock(index_dir):
-        build._publish(index_dir, cat, None, info, kind, None)
+        build.publish(index_dir, cat, new, kind)
     cat.close()
 
 
@@ -114,7 +116,7 @@ def main() -> None:
 
 
 def measure(ix: Path, img: Path, weights: Path, repeats: int, rng) -> dict:
-    from alexsearch.index import search
+    from alexsearch.index.search import Snapshot
 
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": str(weights)}
     ours_cmd = [sys.executable, "-m", "alexsearch", "query", str(img), "--index", str(ix), "--json"]
@@ -127,7 +129,7 @@ def measure(ix: Path, img: Path, weights: Path, repeats: int, rng) -> dict:
         via_torch.append(timed(torch_cmd, env))
         base.append(timed(base_cmd))
 
-    s = search.Searcher(ix)
+    s = Snapshot(ix)
     q = np.maximum(rng.standard_normal((1, 4096), np.float32), 0)
     s.search(q, 6)
     times = []
@@ -136,7 +138,7 @@ def measure(ix: Path, img: Path, weights: Path, repeats: int, rng) -> dict:
         t0 = time.perf_counter()
         s.search(q, 6)
         times.append(time.perf_counter() - t0)
-    kind = s.manifest["kind"]
+    kind = s.manifest.kind
     s.close()
     med = statistics.median
     print(f"kind {kind}:")

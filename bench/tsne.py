@@ -9,7 +9,7 @@ figure (mean 10-NN label agreement in 2-D) so a faster but worse embedding shows
 
 Measured on the project's 2-core CPU while shared with four other jobs (load 6-10):
 10k points, openTSNE 65 s vs scikit-learn 375 s, and in a second run 138 s vs 277 s;
-50k points, openTSNE 341 s. The issue's figures on the same CPU unshared: 18 s vs 37 s.
+50k points, openTSNE 341 s.
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
 """The command line as a user runs it: real processes, exit codes, one-line errors."""
 
+import ast
 import json
-from functools import partial
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from test_index import cli, one_line_error
+from helpers import cli, one_line_error
 
+import alexsearch
 from alexsearch import __version__
 
-run = partial(cli, check=False)
+
+def run(*args, env=None):
+    return cli(*args, env={**os.environ, **(env or {})}, check=False)
 
 
 def test_version_and_help():
@@ -39,3 +46,38 @@ def test_info_bad_weights_one_line(tmp_path, content, message):
     if content is not None:
         path.write_bytes(content)
     one_line_error(run("info", "--weights", path), message)
+
+
+def test_help_shows_no_value_for_flags():
+    for args in (("--help",), ("query", "--help"), ("index", "--help")):
+        r = run(*args, env={"COLUMNS": "120"})
+        assert r.returncode == 0 and "<bool>" not in r.stdout, r.stdout
+    assert "<int range>" in run("query", "--help").stdout  # options that take one still say so
+
+
+def test_the_library_imports_without_torch():
+    """The torch-free paths import nothing of torch until a call needs it: the package,
+    the image stack, the checkpoint reader, the importers, the index readers, pictures."""
+    probe = (
+        "import sys\n"
+        "import alexsearch, alexsearch.api, alexsearch.images.decode, alexsearch.net.numpy_net\n"
+        "import alexsearch.weights.checkpoint, alexsearch.weights.importers\n"
+        "import alexsearch.weights.fetch, alexsearch.index.search, alexsearch.index.build\n"
+        "import alexsearch.index.codes, alexsearch.viz.neighbours, alexsearch.viz.kernels\n"
+        "import alexsearch.cli.app\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'faiss')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_the_package_checks_with_exceptions_not_asserts():
+    """`python -O` drops assert statements: a check the package relies on must raise."""
+    root = Path(alexsearch.__file__).parent
+    found = [
+        f"{p.relative_to(root)}:{node.lineno}"
+        for p in sorted(root.rglob("*.py"))
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.Assert)
+    ]
+    assert found == []

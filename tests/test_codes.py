@@ -199,3 +199,16 @@ def test_autoencoder_of_another_model_is_refused(built, env, tmp_path):
     one_line_error(r, "was trained on features of weights")
     assert manifest_of(ix_a)["model"]["fingerprint"] in r.stderr
     assert "codes" not in manifest_of(ix_b)
+
+
+def test_a_saved_autoencoder_keeps_its_own_bits_and_refuses_others(built, env, tmp_path):
+    root, ix, s = built
+    saved = tmp_path / "ae32.pt"
+    saved.write_bytes((ix / manifest_of(ix)["codes"]["autoencoder"]).read_bytes())
+    before = (ix / "manifest.json").read_bytes()
+    r = cli("codes", "--index", ix, "--autoencoder", saved, "--bits", "64", env=env, check=False)
+    one_line_error(r, f"{saved} makes 32-bit codes, not --bits 64")
+    assert (ix / "manifest.json").read_bytes() == before  # nothing was published
+    # without --bits it encodes with its own 32 bits and trains nothing
+    r = json.loads(cli("codes", "--index", ix, "--autoencoder", saved, "--json", env=env).stdout)
+    assert r["bits"] == 32 and r["epochs"] == 0 and r["encoded"] == s["encoded"]

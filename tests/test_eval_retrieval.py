@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from alexsearch.evaluate import retrieval
 from alexsearch.images.preprocess import Preprocess
-from alexsearch.index import build, catalogue
-from alexsearch.net.alexnet import AlexNet
+from alexsearch.index import build, catalogue, manifest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
 from make_shapes import make  # noqa: E402
@@ -31,10 +29,8 @@ def planted_index(ix: Path, files: dict[str, tuple[float, int]]) -> None:
         vec[0] = x
         cat.put(path, 1, 1, path, vec, bytes([grey]) * 3072)
     cat.commit()
-    pre = Preprocess()
-    with torch.device("meta"):  # only its shape is read
-        model = AlexNet(init=False)
-    build._publish(ix, cat, None, (model, pre, "planted", "none", "fc7"), "flat", None)
+    new = manifest.Manifest.new("planted", Path("none"), "fc7", 4096, Preprocess())
+    build.publish(ix, cat, new, "flat")
     cat.close()
 
 

@@ -244,7 +244,7 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     ckpt = checkpoint.load(ckpt_path)
     got = extract.extract_one(ckpt.build(), ckpt.preprocess, str(photos / "wide.png"), 100.0)
     assert_close(torch.from_numpy(got)[None], want)
-    net = numpy_net.load(ckpt_path)
+    net = numpy_net.NumpyNet.of(checkpoint.read(ckpt_path))
     assert_close(torch.from_numpy(net.embed(str(photos / "wide.png"), 100.0))[None], want)
 
     # The same weights with other pixels make other vectors: the index refuses them.

@@ -73,13 +73,24 @@ def test_index_query_info(env, photos, tmp_path):
     assert len(hits) == 4 and str(q) not in [h["path"] for h in hits]  # self excluded
     assert [h["rank"] for h in hits] == [1, 2, 3, 4]
     assert all(a["distance"] <= b["distance"] for a, b in zip(hits, hits[1:], strict=False))
-    # the table shows the same neighbours in the same order
-    table = cli("query", q, "--index", ix, "--k", "4", env={**env, "COLUMNS": "400"}).stdout
+    # piped, the same neighbours in the same order as plain rows with whole paths
+    plain = cli("query", q, "--index", ix, "--k", "4", env=env).stdout.splitlines()
+    assert plain[0] == f"# query {q}"
+    rows = [line.split("\t") for line in plain[1:]]
+    assert rows == [[str(h["rank"]), f"{h['distance']:.3f}", h["path"]] for h in hits]
+    # --paths: bare paths, one a line, for xargs and image viewers
+    bare = cli("query", q, "--index", ix, "--k", "4", "--paths", env=env).stdout
+    assert bare.splitlines() == [h["path"] for h in hits]
+    # in a narrow terminal the table keeps each path's tail: the file name is whole
+    tty = {**env, "TTY_COMPATIBLE": "1", "COLUMNS": "60", "NO_COLOR": "1"}
+    table = cli("query", q, "--index", ix, "--k", "4", env=tty).stdout
     lines = [ln for ln in table.splitlines() if ln.startswith("│")]
-    assert len(lines) == 4
+    assert len(lines) == 4 and all(len(ln) <= 60 for ln in lines)
     for line, h in zip(lines, hits, strict=True):
-        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
-        assert cells == [str(h["rank"]), f"{h['distance']:.3f}", h["path"]]
+        rank, dist, path = (c.strip() for c in line.strip("│ ").split("│"))
+        assert (rank, dist) == (str(h["rank"]), f"{h['distance']:.3f}")
+        assert path.startswith("…") and h["path"].endswith(path[1:])
+        assert path.endswith(os.path.join(*h["path"].split(os.sep)[-2:]))  # folder/file
     # an image inside the index asked with --include-self finds itself at distance 0
     me = json.loads(
         cli("query", q, "--index", ix, "--k", "1", "--include-self", "--json", env=env).stdout
@@ -262,12 +273,18 @@ def test_bad_paths_and_missing_index(env, tmp_path):
         cli("query", tmp_path / "x.jpg", "--index", tmp_path / "none", env=env, check=False),
         "no index at",
     )
-    e = {k: v for k, v in env.items() if k != "ALEXSEARCH_WEIGHTS"}
+    # a folder without images says so, without loading the network or making an index
     (tmp_path / "d").mkdir()
-    one_line_error(
-        cli("index", tmp_path / "d", "--index", tmp_path / "ix", env=e, check=False),
-        "no weights given",
-    )
+    (tmp_path / "d" / "notes.txt").write_text("not a photo")
+    (tmp_path / "d" / ".hidden.jpg").write_bytes(b"")
+    e = {k: v for k, v in env.items() if k != "ALEXSEARCH_WEIGHTS"}
+    r = cli("index", tmp_path / "d", "--index", tmp_path / "ix", env=e, check=False)
+    one_line_error(r, f"no images found under {tmp_path / 'd'}")
+    assert "--hidden" in r.stderr and not (tmp_path / "ix").exists()
+    # with images but no weights: say how to get some, and make nothing
+    Image.new("RGB", (40, 30)).save(tmp_path / "d" / "a.png")
+    r = cli("index", tmp_path / "d", "--index", tmp_path / "ix", env=e, check=False)
+    one_line_error(r, "no weights given")
     assert not (tmp_path / "ix").exists()
 
 
@@ -303,7 +320,7 @@ def test_ivf_kind_answers_like_exact_on_clustered_vectors(tmp_path):
     ids = np.arange(100, 30_100, dtype=np.int64)
     index = vectors.build_faiss("ivfsq", ids, vecs)
     name = vectors.write_faiss(tmp_path, index, 1)
-    back = vectors.read_faiss(tmp_path, {"vectors_file": name})
+    back = vectors.read_faiss(tmp_path, name)
     _, got = back.search(vecs[:200], 5)
     same = labels[got - 100] == labels[:200, None]
     assert same.mean() > 0.95 and (got[:, 0] == ids[:200]).mean() > 0.9
@@ -315,3 +332,29 @@ def test_a_device_this_machine_lacks_is_one_line(env, photos, tmp_path):
     one_line_error(r, "CUDA is not available on this machine")
     r = cli("index", photos, "--index", tmp_path / "ix", "--device", "tpu", env=env, check=False)
     one_line_error(r, "expected auto, cpu, cuda or cuda:N")
+
+
+def test_info_describes_an_index_whose_first_run_never_published(env, photos, tmp_path):
+    """What a first run killed before publishing leaves: rows committed, no manifest."""
+    from alexsearch.index.catalogue import Catalogue
+
+    ix = tmp_path / "ix"
+    ix.mkdir()
+    cat = Catalogue(ix / "catalogue.sqlite")
+    first = photos / "red_circles" / "000.jpg"
+    st = first.stat()
+    cat.put(str(first), st.st_size, st.st_mtime_ns, "d", np.ones(4096, np.float32), b"")
+    cat.put(str(photos / "bad.jpg"), 3, 1, "", None, b"", "not a recognised image format")
+    cat.commit()
+    cat.close()
+    info = json.loads(cli("info", "--index", ix, "--json", env=env).stdout)
+    assert info["published"] is False and (info["files"], info["failed"]) == (1, 1)
+    assert "run `alexsearch index` on the same photos to finish" in info["note"]
+    assert info["failures"] == [
+        {"path": str(photos / "bad.jpg"), "reason": "not a recognised image format"}
+    ]
+    assert "not yet published" in cli("info", "--index", ix, env=env).stdout
+    one_line_error(cli("query", first, "--index", ix, env=env, check=False), "not complete yet")
+    s = index_json(env, photos, "--index", ix)  # finishing it publishes
+    assert s["total_ok"] == 18 and s["unchanged"] == 1
+    assert json.loads(cli("info", "--index", ix, "--json", env=env).stdout)["published"] is True

@@ -15,7 +15,7 @@ from PIL import Image
 
 from alexsearch import errors
 from alexsearch.images import preprocess
-from alexsearch.index import search
+from alexsearch.index.embed import open_embedder
 from alexsearch.net import numpy_net
 from alexsearch.net.alexnet import AlexNet
 from alexsearch.net.arch import CAFFE, PAPER, TORCHVISION, ArchConfig, expected_shapes
@@ -65,8 +65,8 @@ def test_numpy_fc7_equals_torch_fc7_from_an_image_file(arch, pre, tmp_path):
     model = trained_like(arch)
     ckpt = checkpoint.Checkpoint(arch, PREPROCESS[pre](arch.input_size), model.state_dict())
     checkpoint.save(ckpt, path)
-    net = numpy_net.load(path)
-    assert net is not None and net.fingerprint == checkpoint.load(path).fingerprint
+    net = numpy_net.NumpyNet.of(checkpoint.read(path))
+    assert net.fingerprint == checkpoint.load(path).fingerprint
     make(tmp_path / "photos", per_class=1, seed=3)
     from alexsearch.index.extract import extract_one
 
@@ -128,12 +128,17 @@ def test_reader_never_runs_pickled_code(tmp_path, monkeypatch):
     torch.save({"format": "alexsearch-checkpoint", "x": _Evil()}, tmp_path / "evil.ckpt")
     with pytest.raises(checkpoint_file.Unsupported):
         checkpoint_file.read(tmp_path / "evil.ckpt")
-    assert numpy_net.load(tmp_path / "evil.ckpt") is None
+    with pytest.raises(checkpoint_file.Unsupported):  # the numpy path hands it to torch...
+        checkpoint.read(tmp_path / "evil.ckpt")
+    with pytest.raises(errors.WeightsError, match="never runs pickled code"):  # ...which refuses
+        open_embedder(tmp_path / "evil.ckpt", "cpu")
     assert not (tmp_path / "pwned").exists()
 
 
-def test_damaged_or_unusual_checkpoints_fall_back_to_torchs_loader(init_ckpt, tmp_path):
-    # a flipped bit inside a tensor: the CRC check catches it; torch's path names it
+def test_one_reader_for_both_paths_and_torch_only_for_what_it_does_not_know(
+    init_ckpt, tmp_path, monkeypatch
+):
+    # a flipped bit inside a tensor: the CRC check catches it, on either path, one line
     raw = bytearray(init_ckpt.read_bytes())
     with zipfile.ZipFile(init_ckpt) as z:
         info = max(z.infolist(), key=lambda i: i.file_size)
@@ -142,22 +147,39 @@ def test_damaged_or_unusual_checkpoints_fall_back_to_torchs_loader(init_ckpt, tm
     bad.write_bytes(bytes(raw))
     with pytest.raises(checkpoint_file.ArchiveError, match="fails its checksum"):
         checkpoint_file.check_archive(bad)
-    assert numpy_net.load(bad) is None
-    with pytest.raises(errors.WeightsError, match="fails its checksum"):
-        search.embedder(bad, None, "cpu", 100)
-    # float64 weights are a valid checkpoint numpy_net leaves to torch
+    for device in ("cpu", "auto"):  # numpy path, torch path
+        with pytest.raises(errors.WeightsError, match="fails its checksum"):
+            open_embedder(bad, device)
+    # float64 weights: the numpy path computes them in float32, as torch does
     ck = checkpoint.load(init_ckpt)
     ck.state_dict = {k: v.double() for k, v in ck.state_dict.items()}
     checkpoint.save(ck, tmp_path / "f64.ckpt")
-    assert numpy_net.load(tmp_path / "f64.ckpt") is None
-    embed, fp, _, _ = search.embedder(tmp_path / "f64.ckpt", None, "cpu", 100)
-    assert fp == checkpoint.load(tmp_path / "f64.ckpt").fingerprint
+    embedder = open_embedder(tmp_path / "f64.ckpt", "cpu", 100)
+    assert embedder.backend == "numpy"
+    assert embedder.fingerprint == checkpoint.load(tmp_path / "f64.ckpt").fingerprint
     img = tmp_path / "x.png"
     Image.new("RGB", (300, 260), (200, 30, 40)).save(img)
-    assert embed(str(img)).shape == (4096,)
-    # not a checkpoint at all
+    want = open_embedder(init_ckpt, "auto").embed(str(img))
+    np.testing.assert_allclose(embedder.embed(str(img)), want, atol=2e-5 * np.abs(want).max())
+    # bfloat16 storages are beyond the torch-free reader: torch's loader takes them
+    ck.state_dict = {k: v.bfloat16() for k, v in ck.state_dict.items()}
+    checkpoint.save(ck, tmp_path / "bf16.ckpt")
+    with pytest.raises(checkpoint_file.Unsupported):
+        checkpoint.read(tmp_path / "bf16.ckpt")
+    assert open_embedder(tmp_path / "bf16.ckpt", "cpu").backend == "torch"
+    # not a checkpoint at all: the same line from either path
     (tmp_path / "junk.ckpt").write_bytes(pickle.dumps({"a": 1}))
-    assert numpy_net.load(tmp_path / "junk.ckpt") is None
+    for device in ("cpu", "auto"):
+        with pytest.raises(errors.WeightsError, match="not a PyTorch zip archive"):
+            open_embedder(tmp_path / "junk.ckpt", device)
+
+    # a fault inside the numpy path is not papered over by a silent, slower torch query
+    def broken(*a, **k):
+        raise RuntimeError("a bug in the reader")
+
+    monkeypatch.setattr(checkpoint_file, "read", broken)
+    with pytest.raises(RuntimeError, match="a bug in the reader"):
+        open_embedder(init_ckpt, "cpu")
 
 
 def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt, tmp_path):
@@ -196,3 +218,23 @@ def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt,
     assert [h["path"] for h in hits] == [h["path"] for h in torch_hits]
     for a, b in zip(hits, torch_hits, strict=True):
         assert a["distance"] == pytest.approx(b["distance"], rel=1e-4)
+    # the pictures of a query take the same torch-free path (the README's promise)
+    for args in (
+        ["query", str(q), "--index", str(ix), "--k", "3", "--grid", str(tmp_path / "a.png")],
+        [
+            "viz",
+            "neighbors",
+            str(q),
+            "--index",
+            str(ix),
+            "--k",
+            "3",
+            "--out",
+            str(tmp_path / "b.png"),
+        ],
+    ):
+        r = subprocess.run([sys.executable, "-c", probe, *args], env=env, capture_output=True,
+                           text=True)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == [], args
+    assert Image.open(tmp_path / "a.png").size == Image.open(tmp_path / "b.png").size

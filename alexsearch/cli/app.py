@@ -17,6 +17,23 @@ from ..errors import UserError
 from . import codes, index, train, viz, weights
 from .render import err
 
+
+def _no_type_for_flags() -> None:
+    """typer's help labels every flag `<bool>` as if it took a value (`--version <bool>`):
+    a flag takes none, so show no type for it."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and not self.metavar else shown(self, ctx)
+
+    option.display_type_rich = display_type_rich
+
+
+_no_type_for_flags()
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,

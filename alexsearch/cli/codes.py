@@ -7,14 +7,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .render import kv_table, out, print_json, progress_bar
+from .render import RichProgress, kv_table, out, print_json
 
 
 def codes(
     index_dir: Path = typer.Option(
         None, "--index", help="Index folder (default: indexes/default)."
     ),
-    bits: int = typer.Option(256, "--bits", help="Code length (a multiple of 8)."),
+    bits: int = typer.Option(
+        None, "--bits", help="Code length, a multiple of 8 (256; a given --autoencoder's own)."
+    ),
     epochs: int = typer.Option(50, "--epochs", min=1, help="Training epochs."),
     seed: int = typer.Option(0, "--seed", help="Random seed (init, batches, noise)."),
     autoencoder: Path = typer.Option(
@@ -25,27 +27,10 @@ def codes(
 ) -> None:
     """Binary codes: train the paper's deep autoencoder on the index's fc7 vectors, encode
     every vector, and build a Hamming index (query --binary / --rerank use it)."""
-    import time
+    from .. import api
 
-    from ..index import codes as codes_
-
-    bar = progress_bar("autoencoder")
-    task = None
-    started = time.perf_counter()
-
-    def progress(epoch, total, error):
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("train", total=total, rate="")
-        rate = epoch / max(time.perf_counter() - started, 1e-9)
-        bar.update(task, completed=epoch, rate=f"{rate:.2f} epoch/s, error {error:.4f}")
-
-    try:
-        summary = codes_.build(index_dir, bits, epochs, seed, autoencoder, wait, progress)
-    finally:
-        if task is not None:
-            bar.stop()
+    with RichProgress() as progress:
+        summary = api.build_codes(index_dir, bits, epochs, seed, autoencoder, wait, progress)
     if as_json:
         from dataclasses import asdict
 

@@ -1,5 +1,6 @@
 """What every command shares: the consoles, JSON and key-value tables, the failures
-table, progress bars on stderr, and writing a PNG atomically."""
+table, the progress protocol drawn with rich, query results, and pictures written
+atomically."""
 
 from __future__ import annotations
 
@@ -28,26 +29,6 @@ def kv_table(title: str, rows: dict) -> Table:
     return table
 
 
-def progress_bar(label: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-
-
 def failures_table(failed: list[tuple[str, str]]) -> Table:
     table = Table(title="files that could not be indexed", title_justify="left")
     table.add_column("path")
@@ -57,72 +38,96 @@ def failures_table(failed: list[tuple[str, str]]) -> Table:
     return table
 
 
-class TrainProgress:
-    """Draws a training run (alexsearch.train.Reporter) with rich on stderr."""
+def figures_text(figures: dict) -> str:
+    """img_per_s=41.23, loss=2.3026 -> 'img/s 41.2 · loss 2.303'."""
+    parts = []
+    for name, value in figures.items():
+        label = name.replace("_per_s", "/s").replace("_", " ")
+        parts.append(f"{label} {value:.4g}" if isinstance(value, float) else f"{label} {value}")
+    return " · ".join(parts)
 
-    def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=err,
-        )
-        self.task = None
-        self.phase = ""
+class RichProgress:
+    """The library's progress protocol (alexsearch.progress) drawn on stderr: a bar per
+    stage with its figures, count and ETA (a pulse while the total is unknown). A new
+    stage replaces the ones before it, except stages named in `keep`, which stay and
+    also print a line each time they advance (training's record of every epoch).
 
-    def _task(self, description: str, total: int) -> None:
-        if self.task is None:
+    Use as a context manager; nothing is drawn until the library first reports."""
+
+    def __init__(self, keep: tuple[str, ...] = ()):
+        self.keep = set(keep)
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int | None, **figures) -> None:
+        if self.bar is None:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[figures]}"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
             self.bar.start()
-            self.task = self.bar.add_task(description, total=total, info="")
-        else:
-            self.bar.reset(self.task, total=total, description=description, info="")
+        text = figures_text(figures)
+        if stage not in self.tasks:
+            for name in [s for s in self.tasks if s not in self.keep]:
+                self.bar.remove_task(self.tasks.pop(name))
+            self.tasks[stage] = self.bar.add_task(stage, total=total, figures=text)
+        self.bar.update(self.tasks[stage], completed=done, total=total, figures=text)
+        if stage in self.keep:
+            count = f"{done}/{total}" if total else str(done)
+            self.bar.console.print(f"{stage} {count}: {text}", highlight=False)
 
-    def stats(self, done: int, total: int) -> None:
-        if self.phase != "stats":
-            self.phase = "stats"
-            self._task("mean & PCA", total)
-        self.bar.update(self.task, completed=done)
+    def __enter__(self) -> RichProgress:
+        return self
 
-    def epoch_start(self, epoch: int, epochs: int, batches: int, lr: float) -> None:
-        self.phase = "epoch"
-        self._task(f"epoch {epoch}/{epochs} lr {lr:g}", batches)
-        self.batches = 0
-
-    def batch(self, done: int, loss: float, img_per_s: float) -> None:
-        self.batches += 1
-        info = f"loss {loss:.4f}  {img_per_s:.1f} img/s"
-        self.bar.update(self.task, completed=self.batches, info=info)
-
-    def validating(self, batches: int) -> None:
-        self.bar.update(self.task, info="validating...")
-
-    def epoch_end(self, row: dict) -> None:
-        self.bar.console.print(
-            f"epoch {row['epoch']}: loss {row['train_loss']:.4f}, train top-1 "
-            f"{row['train_top1_err']:.3f}, val top-1 {row['val_top1_err']:.3f} top-5 "
-            f"{row['val_top5_err']:.3f}, {row['img_per_s']:.1f} img/s, {row['seconds']:.0f} s",
-            highlight=False,
-        )
-
-    def note(self, text: str) -> None:
-        self.bar.console.print(text, highlight=False)
-
-    def stop(self) -> None:
-        if self.task is not None:
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
             self.bar.stop()
+
+
+def print_results(results, hamming: bool, paths_only: bool) -> None:
+    """Query results: bare paths (--paths), a table per query in a terminal (the path's
+    tail kept when it must be shortened: the file name is what a person needs), or
+    plain tab-separated rows with whole paths when stdout is a pipe or a file."""
+    good = [r for r in results if not r.error]
+    if paths_only:
+        for r in good:
+            for h in r.hits:
+                print(h.path)
+        return
+    if not out.is_terminal:
+        for r in good:
+            print(f"# query {r.query}")
+            for h in r.hits:
+                print(f"{h.rank}\t{_distance(h.distance)}\t{h.path}")
+        return
+    room = max(20, out.width - 26)  # what the rank and distance columns and borders leave
+    for r in good:
+        table = Table(title=f"query {r.query}", title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("Hamming bits" if hamming else "distance", justify="right")
+        table.add_column("path", no_wrap=True)
+        for h in r.hits:
+            path = h.path if len(h.path) <= room else "…" + h.path[-(room - 1) :]
+            table.add_row(str(h.rank), _distance(h.distance), path)
+        out.print(table, highlight=False)
+
+
+def _distance(d) -> str:
+    return str(d) if isinstance(d, int) else f"{d:.3f}"
 
 
 def save_png(img, path: Path, quiet: bool = False) -> None:
@@ -132,6 +137,7 @@ def save_png(img, path: Path, quiet: bool = False) -> None:
 
 
 def save_grid(results, path: Path) -> None:
+    """The paper's Fig. 4 for these results: each query beside its neighbours."""
     from ..viz.neighbours import neighbour_grid
 
     rows = [(r.query, [(h.path, h.distance) for h in r.hits]) for r in results if not r.error]

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..errors import UserError
-from .render import TrainProgress, err, kv_table, out, print_json, progress_bar
+from .render import RichProgress, err, kv_table, out, print_json
 
 
 def train(
@@ -35,8 +35,7 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Train the paper's network on a labelled folder (SGD, plateau schedule, checkpoints)."""
-    from ..train import config as train_config
-    from ..train import loop as training
+    from ..train import config, loop
 
     given = {
         "epochs": epochs,
@@ -50,24 +49,11 @@ def train(
         "stats_samples": stats_samples,
         "compile": compile_,
     }
-    if resume is not None:
-        cfg = train_config.resume_config(resume, given)
-    else:
-        if data_dir is None:
-            raise UserError("give --data DIR (with train/ and val/) or --resume RUN_DIR")
-        cfg = train_config.TrainConfig(data=str(data_dir), val=str(val) if val else None)
-        cfg.out = str(out_dir or train_config.default_run_dir())
-        for key, value in given.items():
-            if value is not None:
-                setattr(cfg, key, value)
-    if data_dir is not None and resume is not None and str(data_dir) != cfg.data:
-        cfg.data = str(data_dir)  # the same images moved elsewhere
-    reporter = TrainProgress() if not as_json else None
-    try:
-        result = training.run(cfg, reporter, resume=resume is not None)
-    finally:
-        if reporter:
-            reporter.stop()
+    cfg = config.settings(data_dir, val, out_dir, resume, given)
+    if resume is not None and not as_json:
+        err.print(f"resuming {resume}", highlight=False)
+    with RichProgress(keep=("epochs",)) as progress:
+        result = loop.run(cfg, None if as_json else progress, resume=resume is not None)
     if result.rank != 0:  # under torchrun the first process speaks for all
         return
     if as_json:
@@ -128,27 +114,11 @@ def eval_classification(
     if data_dir is None:
         raise UserError("give --data DIR (a labelled folder), or use `alexsearch eval retrieval`")
     from ..evaluate import classification
-    from ..net.devices import resolve_device
-    from ..weights import checkpoint, locations
 
-    ckpt = checkpoint.load(locations.resolve(weights_path))
-    bar = progress_bar("evaluating")
-    task = None
-
-    def progress(done, total):
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("eval", total=total, rate="")
-        bar.update(task, completed=done)
-
-    try:
-        result = classification.classify(
-            ckpt, data_dir, batch_size, workers, resolve_device(device), limit, progress
+    with RichProgress() as progress:
+        result = classification.evaluate_weights(
+            weights_path, data_dir, batch_size, workers, device, limit, progress
         )
-    finally:
-        if task is not None:
-            bar.stop()
     if as_json:
         print_json(result.to_dict())
     else:
@@ -191,17 +161,7 @@ def eval_retrieval(
     a pixel-space baseline (L2 between 32x32 thumbnails)."""
     from ..evaluate import retrieval
 
-    bar = progress_bar("training")
-    tasks = {}
-
-    def progress(label, done, total):
-        if not tasks:
-            bar.start()
-        if label not in tasks:
-            tasks[label] = bar.add_task(label, total=total, rate=label)
-        bar.update(tasks[label], completed=done)
-
-    try:
+    with RichProgress() as progress:
         res = retrieval.retrieval(
             index_dir,
             binary,
@@ -211,9 +171,6 @@ def eval_retrieval(
             seed=seed,
             progress=progress,
         )
-    finally:
-        if tasks:
-            bar.stop()
     if as_json:
         print_json(res)
         return

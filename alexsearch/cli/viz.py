@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from ..errors import UserError
-from .render import err, out, print_json, save_grid, save_png
+from ..images.files import DEFAULT_MAX_MEGAPIXELS
+from .render import RichProgress, err, out, print_json, save_grid, save_png
 
 
 def viz_kernels(
@@ -18,11 +19,9 @@ def viz_kernels(
     scale: int = typer.Option(5, "--scale", min=1, max=64, help="Pixels per kernel pixel."),
 ) -> None:
     """The conv1 kernels as RGB tiles, tower 1 above tower 2 (the paper's Fig. 3)."""
-    from ..viz.kernels import kernels_picture
-    from ..weights import checkpoint, locations
+    from ..viz.kernels import kernels_of_weights
 
-    ckpt = checkpoint.load(locations.resolve(weights_path))
-    save_png(kernels_picture(ckpt, scale), out_path)
+    save_png(kernels_of_weights(weights_path, scale), out_path)
 
 
 def viz_neighbors(
@@ -35,22 +34,16 @@ def viz_neighbors(
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
-    max_megapixels: float = typer.Option(100.0, "--max-megapixels"),
+    max_megapixels: float = typer.Option(DEFAULT_MAX_MEGAPIXELS, "--max-megapixels"),
 ) -> None:
     """One row per query image: the query, then its k nearest indexed photos (Fig. 4)."""
-    from ..index import search
+    from .. import api
 
-    searcher = search.Searcher(index_dir)
-    try:
-        recorded = searcher.manifest["model"].get("weights")
-        embed, fp, pre, wpath = search.embedder(weights_path, recorded, device, max_megapixels)
-        searcher.check_model(fp, wpath, pre)
-        results = search.query(searcher, embed, [str(i) for i in images], k, include_self)
-    finally:
-        searcher.close()
+    with api.open_index(index_dir, weights_path, device, max_megapixels) as ix:
+        results = ix.query(images, k, include_self=include_self)
     bad = [r for r in results if r.error]
     for r in bad:
-        err.print(f"[red]error:[/red] {r.query}: {r.error}", highlight=False, soft_wrap=True)
+        err.print(f"error: {r.query}: {r.error}", highlight=False, soft_wrap=True)
     if len(bad) < len(results):
         save_grid(results, out_path)
         out.print(f"wrote {out_path}", highlight=False)
@@ -81,48 +74,19 @@ def viz_tsne(
     """t-SNE map of an index (PCA to 50, then t-SNE), coloured by parent folder."""
     import time
 
-    import numpy as np
-    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
     from ..viz import tsne
 
     if method not in tsne.TSNE_METHODS:
         raise UserError(f"unknown --method {method!r}; choose from {', '.join(tsne.TSNE_METHODS)}")
     t0 = time.perf_counter()
-    bar = Progress(
-        SpinnerColumn(),
-        TextColumn("t-SNE {task.description}"),
-        BarColumn(),
-        TextColumn("{task.fields[count]}"),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
-    task = bar.add_task("loading", total=None, count="")
-
-    def progress(stage, done, total):  # no count yet: a spinner; then a bar of iterations
-        count = f"{done}/{total} iterations" if done else ""
-        bar.update(
-            task, description=stage, completed=done, total=total if done else None, count=count
-        )
-
-    with bar:
+    with RichProgress() as progress:
         m = tsne.index_tsne(index_dir, method, threads, seed, progress)
     t_embed = time.perf_counter() - t0
-    where = str(index_dir or "indexes/default")
-    shown = len(m.paths)
     if thumbnails:
-        keep = np.arange(len(m.paths))
-        if len(keep) > max_images:
-            keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_images, False))
-            shown = len(keep)
         with err.status("placing thumbnails"):
-            img = tsne.thumbnail_map(
-                m.coords[keep], [m.paths[i] for i in keep], [m.thumbs[i] for i in keep], tile
-            )
+            img, shown = tsne.thumbnail_picture(m, max_images, tile, seed)
     else:
-        title = f"t-SNE of {len(m.paths)} images in {where} ({method})"
-        img = tsne.scatter(m.coords, m.labels, size, title)
+        img, shown = tsne.scatter_picture(m, size, method), len(m.paths)
     save_png(img, out_path, quiet=as_json)
     if as_json:
         print_json(

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ..errors import UserError
-from .render import err, kv_table, out, print_json
+from .render import RichProgress, kv_table, out, print_json
 
 
 def weights_init(
@@ -35,13 +34,9 @@ def weights_import(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Import published weights (Caffe's bvlc_alexnet, torchvision's alexnet)."""
-    from ..weights import checkpoint, importers
+    from ..weights import importers
 
-    target = out_path or importers.default_out(file)
-    if target.resolve() == file.resolve():
-        raise UserError(f"--out {target} is the file being imported; choose another path")
-    ckpt = importers.import_file(file, mean, labels)
-    checkpoint.save(ckpt, target)
+    target, ckpt = importers.import_to(file, out_path, mean, labels)
     _report_weights(target, ckpt, as_json)
 
 
@@ -50,43 +45,10 @@ def weights_fetch(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Download published weights, verify the checksum, import, make them the default."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
     from ..weights import fetch
 
-    if name not in fetch.SOURCES:
-        raise UserError(f"unknown weights {name!r}; choose from {', '.join(fetch.SOURCES)}")
-    source = fetch.SOURCES[name]
-    bar = Progress(
-        TextColumn(f"downloading {source.filename}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-    task = None
-
-    def progress(done, total):
-        nonlocal task
-        if task is None:
-            bar.start()
-            task = bar.add_task("download", total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        path, ckpt = fetch.fetch(source, progress)
-    finally:
-        if task is not None:
-            bar.stop()
+    with RichProgress() as progress:
+        path, ckpt = fetch.fetch(fetch.source_named(name), progress)
     _report_weights(path, ckpt, as_json, default=True)
 
 

@@ -11,6 +11,7 @@ import torch
 from ..data.crops import ten_crop
 from ..data.loader import labelled, loader
 from ..errors import UserError
+from ..progress import Progress
 
 
 @dataclass
@@ -79,7 +80,7 @@ def classify(
     workers: int = 2,
     device: str = "cpu",
     limit: int | None = None,
-    progress=None,
+    progress: Progress | None = None,
 ) -> ClassificationResult:
     """Top-1/top-5 error of a checkpoint on a labelled folder, centre crop and ten-crop."""
     folder = eval_folder(root)
@@ -99,7 +100,7 @@ def classify(
             a, z = topk_wrong(probs.mean(1), labels)
             t1, t5, n = t1 + a, t5 + z, n + len(labels)
         if progress:
-            progress(min((b + 1) * batch_size, len(samples)), len(samples))
+            progress("evaluating", min((b + 1) * batch_size, len(samples)), len(samples))
     if n == 0:
         raise UserError(f"{folder}: no readable image to evaluate")
     return ClassificationResult(
@@ -120,3 +121,15 @@ def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
     top = logits.topk(k, dim=1).indices
     hit = top == labels.view(-1, 1)
     return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())
+
+
+def evaluate_weights(
+    weights, root, batch_size=32, workers=2, device="auto", limit=None, progress=None
+) -> ClassificationResult:
+    """classify() with the weights the policy names (--weights, $ALEXSEARCH_WEIGHTS, the
+    fetched default) on the device a --device value names."""
+    from ..net.devices import resolve_device
+    from ..weights import checkpoint, locations
+
+    ckpt = checkpoint.load(locations.resolve(weights))
+    return classify(ckpt, root, batch_size, workers, resolve_device(device), limit, progress)

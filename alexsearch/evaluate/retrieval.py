@@ -18,6 +18,7 @@ from ..images.folders import label_of
 from ..index import autoencoder
 from ..index.catalogue import Catalogue
 from ..index.manifest import open_existing
+from ..progress import Progress
 
 RETRIEVAL_KS = (1, 6, 10)
 RETRIEVAL_BITS = (32, 64, 256)
@@ -85,6 +86,13 @@ def _score(rankings, labels) -> dict:
     return out
 
 
+def _relabelled(progress: Progress | None, stage: str) -> Progress | None:
+    """`progress` with every stage reported under one name (which autoencoder trains)."""
+    if progress is None:
+        return None
+    return lambda _stage, done, total, **figures: progress(stage, done, total, **figures)
+
+
 def retrieval(
     index=None,
     binary: bool = False,
@@ -93,7 +101,7 @@ def retrieval(
     rerank: int = 0,
     max_queries: int | None = MAX_QUERIES,
     seed: int = 0,
-    progress=None,  # progress(label, done, total) while training autoencoders
+    progress: Progress | None = None,  # while autoencoders train
 ) -> dict:
     """Leave-one-out retrieval figures of an index: fc7 float L2 beside pixel L2 (32x32
     thumbnails), and with `binary` the codes of each size in `bits` (the index's own
@@ -101,12 +109,11 @@ def retrieval(
     d, manifest = open_existing(index)
     cat = Catalogue(d / "catalogue.sqlite", readonly=True)
     try:
-        ids, vecs = cat.vectors(manifest["dimension"])
-        rows = cat.labelled()
+        ok = cat.ok_files(manifest.dimension)
     finally:
         cat.close()
-    assert [r[0] for r in rows] == ids.tolist()  # both ordered by id, over the same ok files
-    labels_txt = [label_of(p) for _, p, _ in rows]
+    ids, vecs = ok.ids, ok.vectors
+    labels_txt = [label_of(p) for p in ok.paths]
     _, labels = np.unique(labels_txt, return_inverse=True)
     counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
     candidates = np.flatnonzero(counts[labels] > 1) if len(labels) else np.zeros(0, int)
@@ -132,26 +139,27 @@ def retrieval(
             }
         )
 
-    dim = manifest["dimension"]
+    dim = manifest.dimension
     row("fc7 float, L2", dim * 4, _float_rankings(vecs, queries))
-    if all(t for _, _, t in rows):
-        thumbs = np.stack([np.frombuffer(t, np.uint8) for _, _, t in rows]).astype(np.float32)
+    if all(ok.thumbs):
+        thumbs = np.stack([np.frombuffer(t, np.uint8) for t in ok.thumbs]).astype(np.float32)
         row("pixels 32x32, L2", thumbs.shape[1], _float_rankings(thumbs, queries))
     if binary:
-        have = manifest.get("codes") or {}
+        have = manifest.codes
+        fp = manifest.model.fingerprint
         for b in bits:
-            if have.get("bits") == b:
-                coder = autoencoder.load(d / have["autoencoder"], manifest["model"]["fingerprint"])
+            if have is not None and have.bits == b:
+                coder = autoencoder.load(d / have.autoencoder, fp)
                 source = "index's autoencoder"
             else:
                 n_ep = epochs or autoencoder.DEFAULT_EPOCHS
-                cb = (
-                    (lambda e, n, err, b=b: progress(f"{b}-bit autoencoder", e, n))
-                    if progress
-                    else None
-                )
                 coder = autoencoder.train(
-                    vecs, b, n_ep, manifest["model"]["fingerprint"], seed=seed, progress=cb
+                    vecs,
+                    b,
+                    n_ep,
+                    fp,
+                    seed=seed,
+                    progress=_relabelled(progress, f"{b}-bit autoencoder"),
                 )
                 source = f"trained here, {n_ep} epochs"
             packed = coder.encode(vecs)

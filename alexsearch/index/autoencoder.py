@@ -21,7 +21,6 @@ Imports torch (inside its functions, so the module itself is light).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import CodesError
+from ..progress import Progress
 
 FORMAT = "alexsearch-autoencoder"
 PCA_DIM = 512
@@ -199,7 +199,7 @@ def train(
     batch_size: int = 128,
     lr: float = 1e-3,
     seed: int = 0,
-    progress: Callable | None = None,  # progress(epoch, epochs, error) after each epoch
+    progress: Progress | None = None,  # after each epoch: the reconstruction error
 ) -> Coder:
     """Train an autoencoder on fc7 vectors (n, dim) with Adam on mini-batches, on the CPU."""
 
@@ -250,7 +250,7 @@ def _train(vecs, bits, epochs, fingerprint, batch_size, lr, seed, progress) -> C
         err = _binary_sq_error(net, x[probe]) * scale**2
         coder.history.append((err + max(lost, 0.0)) / max(total, 1e-30))
         if progress:
-            progress(epoch + 1, epochs, coder.history[-1])
+            progress("training autoencoder", epoch + 1, epochs, error=coder.history[-1])
     net.eval()
     return coder
 

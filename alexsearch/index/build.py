@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import UserError
 from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
+from ..progress import Progress
 from . import codes, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
-from .manifest import FORMAT, VERSION, check_model, read_manifest, weights_signature, write_manifest
+from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
+
+LAYER = "fc7"
 
 
 @dataclass
@@ -33,15 +36,17 @@ class Plan:
 
 
 @dataclass
-class Summary:
+class IndexSummary:
+    """What an indexing run did; its fields are the keys `alexsearch index --json` prints."""
+
     index_dir: str
     added: int = 0
     updated: int = 0
     moved: int = 0
     deleted: int = 0
     unchanged: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (path, reason), this run
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable folders etc.
     total_ok: int = 0
     total_failed: int = 0
     kind: str = ""
@@ -50,6 +55,32 @@ class Summary:
     images_per_s: float = 0.0
     fingerprint: str = ""
     weights: str = ""
+
+
+@dataclass
+class Network:
+    """The torch network that extracts fc7, and the identity of its weights."""
+
+    model: object  # net.alexnet.AlexNet on `device`
+    preprocess: object  # images.preprocess.Preprocess
+    fingerprint: str
+    weights: Path
+    device: object  # torch.device
+
+    @property
+    def dimension(self) -> int:
+        return int(self.model.cfg.fc_units[-1])  # fc7's width: 4096 in the paper
+
+
+def load_network(weights, recorded: str | None, device: str) -> Network:
+    """The network of the weights the policy names (locations.resolve), on `device`."""
+    from ..net.devices import resolve_device
+    from ..weights import checkpoint, locations
+
+    dev = resolve_device(device)
+    path = locations.resolve(weights, recorded)
+    ckpt = checkpoint.load(path)
+    return Network(ckpt.build(dev), ckpt.preprocess, ckpt.fingerprint, path.resolve(), dev)
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -73,76 +104,91 @@ def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
 def run(
     roots: list[Path],
     index_dir: Path,
-    load_model: Callable,  # () -> (model, preprocess, fingerprint, weights path, layer)
+    weights=None,  # --weights; None: $ALEXSEARCH_WEIGHTS, the index's own, fetched default
+    device: str = "auto",
     kind: str = "flat",
     max_memory: int | None = None,
     batch_size: int = 32,
     workers: int | None = None,
-    device: str = "cpu",
     exclude: list[str] = (),
     hidden: bool = False,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     wait: bool = False,
-    progress: Callable | None = None,  # progress(done, total) during extraction
-    check_weights: bool = False,  # weights were named explicitly: verify even if no work
+    progress: Progress | None = None,
     commit_every: int = 256,  # files per catalogue transaction
-) -> Summary:
+) -> IndexSummary:
+    """`alexsearch index`: bring the index at `index_dir` up to date with `roots`."""
+    from ..weights.locations import WEIGHTS_ENV
+
     t0 = time.perf_counter()
-    summary = Summary(index_dir=str(index_dir))
+    if kind not in vectors.KINDS:
+        raise UserError(f"unknown --kind {kind!r}; choose from {', '.join(vectors.KINDS)}")
+    summary = IndexSummary(index_dir=str(index_dir))
     files, problems = walk(roots, exclude, hidden)  # bad paths fail before anything is made
-    model_info = None
-    if not (index_dir / "manifest.json").exists():
-        model_info = load_model()  # a new index: no folder is made without usable weights
+    manifest = read_manifest(index_dir) if index_dir.is_dir() else None
+    recorded = manifest.model.weights if manifest else None
+    if not files and not (index_dir / "catalogue.sqlite").exists():
+        raise UserError(_no_images(roots, problems, hidden))
+    network = None
+    if manifest is None:
+        network = load_network(weights, recorded, device)  # no folder without usable weights
+    # Weights named (explicitly or by the environment) that may differ from the index's
+    # are checked even when there is nothing to extract.
+    named = weights or os.environ.get(WEIGHTS_ENV)
+    check_weights = bool(named and manifest) and (
+        weights_signature(named) != manifest.model.weights_signature
+    )
     with write_lock(index_dir, wait=wait):
         manifest = read_manifest(index_dir)
         cat = Catalogue(index_dir / "catalogue.sqlite")
         try:
             work = plan(cat, roots, files, problems)
+            if not files and not work.gone:
+                raise UserError(_no_images(roots, problems, hidden))
             summary.unchanged = work.unchanged
             summary.skipped = work.skipped
-            if model_info is None and (
-                work.new or work.changed or manifest is None or check_weights
-            ):
-                model_info = load_model()
-                _check_same_model(index_dir, manifest, model_info)
+            if network is None and (work.new or work.changed or manifest is None or check_weights):
+                network = load_network(weights, recorded, device)
+            if manifest is not None and network is not None:
+                fix = "use the index's weights or another --index"
+                check_model(
+                    index_dir, manifest, network.fingerprint, network.preprocess,
+                    network.weights, fix,
+                )  # fmt: skip
             summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
             if to_extract:
                 _extract_into(
-                    cat,
-                    model_info,
-                    to_extract,
-                    summary,
-                    batch_size,
-                    workers,
-                    device,
-                    max_megapixels,
-                    progress,
-                    commit_every,
-                )
+                    cat, network, to_extract, summary, batch_size, workers, max_megapixels,
+                    progress, commit_every,
+                )  # fmt: skip
             changed = bool(to_extract or work.gone or summary.moved or manifest is None)
-            if manifest is not None and kind != manifest.get("kind_requested", "flat"):
+            if manifest is not None and kind != manifest.kind_requested:
                 changed = True
             if changed:
-                manifest = _publish(index_dir, cat, manifest, model_info, kind, max_memory)
+                if manifest is None:
+                    manifest = Manifest.new(
+                        network.fingerprint, network.weights, LAYER, network.dimension,
+                        network.preprocess,
+                    )  # fmt: skip
+                manifest = publish(index_dir, cat, manifest, kind, max_memory)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
-    summary.kind = manifest["kind"]
-    summary.fingerprint = manifest["model"]["fingerprint"]
-    summary.weights = manifest["model"].get("weights", "")
+    summary.kind = manifest.kind
+    summary.fingerprint = manifest.model.fingerprint
+    summary.weights = manifest.model.weights
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
-def _check_same_model(index_dir: Path, manifest: dict | None, model_info) -> None:
-    if manifest is not None:
-        _, pre, fp, wpath, _ = model_info
-        check_model(
-            index_dir, manifest, fp, pre, wpath, "use the index's weights or another --index"
-        )
+def _no_images(roots: list[Path], problems: list[tuple[str, str]], hidden: bool) -> str:
+    where = ", ".join(str(r) for r in roots)
+    why = f"; {problems[0][0]}: {problems[0][1]}" if problems else ""
+    hint = "" if hidden else " (hidden files and folders are skipped without --hidden)"
+    return f"no images found under {where}{hint}{why}"
 
 
-def _apply_moves_and_deletes(cat: Catalogue, work: Plan, summary: Summary):
+def _apply_moves_and_deletes(cat: Catalogue, work: Plan, summary: IndexSummary):
     """Match new files to vanished ones by content; delete the rest. Returns (moved, todo)."""
     todo = list(work.changed)
     summary.updated = len(work.changed)
@@ -173,16 +219,18 @@ def _apply_moves_and_deletes(cat: Catalogue, work: Plan, summary: Summary):
 
 
 def _extract_into(
-    cat, model_info, todo, summary, batch_size, workers, device, max_mp, progress, commit_every
-):
+    cat, network, todo, summary, batch_size, workers, max_mp, progress, commit_every
+) -> None:
     from .extract import extract
 
-    model, pre, _, _, _ = model_info
     meta = {p: (s, m) for p, s, m in todo}
-    done = 0
+    done = pending = 0
     t = time.perf_counter()
-    pending = 0
-    for batch in extract(model, pre, [p for p, _, _ in todo], batch_size, workers, device, max_mp):
+    paths = [p for p, _, _ in todo]
+    batches = extract(
+        network.model, network.preprocess, paths, batch_size, workers, network.device, max_mp
+    )
+    for batch in batches:
         for r in batch:
             size, mtime = meta[r.path]
             cat.put(r.path, size, mtime, r.digest, r.vector, r.thumb, r.reason)
@@ -194,59 +242,39 @@ def _extract_into(
             cat.commit()
             pending = 0
         if progress:
-            progress(done, len(todo))
+            rate = done / max(time.perf_counter() - t, 1e-9)
+            progress("extracting", done, len(todo), img_per_s=rate)
     cat.commit()
     summary.extracted = done
     summary.images_per_s = done / max(time.perf_counter() - t, 1e-9)
 
 
-def _publish(index_dir, cat, manifest, model_info, kind, max_memory) -> dict:
-    """Build the FAISS snapshot from the catalogue and publish it with a new manifest."""
-    if manifest is None:
-        model, pre, fp, wpath, layer = model_info
-        manifest = {
-            "format": FORMAT,
-            "version": VERSION,
-            "created": time.time(),
-            "model": {
-                "fingerprint": fp,
-                "weights": str(wpath),
-                "weights_signature": weights_signature(wpath),
-                "layer": layer,
-            },
-            "dimension": int(model.cfg.fc_units[-1]),  # fc7's width: 4096 in the paper
-            "preprocess": {
-                "resize": pre.resize,
-                "crop": f"centre {pre.input_size}",
-                "channel_order": pre.channel_order,
-                "geometry": pre.geometry(),
-                "signature": pre.signature(),
-            },
-            "metric": "L2",
-            "generation": 0,
-        }
-    ids, vecs = cat.vectors(manifest["dimension"])
-    chosen = vectors.choose_kind(kind, len(ids), manifest["dimension"], max_memory)
+def publish(index_dir: Path, cat: Catalogue, manifest: Manifest, kind: str, max_memory=None):
+    """Build the FAISS snapshot of the catalogue's ok vectors in `kind`, keep the binary
+    codes in step, and publish both with the next generation of `manifest` (the caller
+    holds the index's lock). Returns the published manifest."""
+    ids, vecs = cat.vectors(manifest.dimension)
+    chosen = vectors.choose_kind(kind, len(ids), manifest.dimension, max_memory)
     index = vectors.build_faiss(chosen, ids, vecs)
-    gen = manifest.get("generation", 0) + 1
-    old = manifest.get("vectors_file")
+    gen = manifest.generation + 1
+    old = manifest.vectors_file
     name = vectors.write_faiss(index_dir, index, gen)
     ok, failed = cat.count()
-    old_codes = manifest.get("codes")
-    if old_codes:  # keep the binary codes in step (see codes.py)
-        manifest = {**manifest, "codes": codes.refresh(index_dir, old_codes, ids, vecs, gen)}
-    manifest = {
-        **manifest,
-        "kind": chosen,
-        "kind_requested": kind,
-        "generation": gen,
-        "vectors_file": name,
-        "counts": {"ok": ok, "failed": failed},
-        "updated": time.time(),
-    }
+    old_codes = manifest.codes
+    new_codes = codes.refresh(index_dir, old_codes, ids, vecs, gen) if old_codes else None
+    manifest = replace(
+        manifest,
+        kind=chosen,
+        kind_requested=kind,
+        generation=gen,
+        vectors_file=name,
+        counts={"ok": ok, "failed": failed},
+        updated=time.time(),
+        codes=new_codes,
+    )
     write_manifest(index_dir, manifest)
     if old_codes:
-        codes.remove_stale(index_dir, old_codes, manifest["codes"])
+        codes.remove_stale(index_dir, old_codes, new_codes)
     if old and old != name:
         try:  # readers that opened the old manifest a moment ago may still read it: harmless
             (index_dir / old).unlink()

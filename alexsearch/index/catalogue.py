@@ -22,6 +22,16 @@ from ..errors import IndexError_
 
 
 @dataclass
+class OkFiles:
+    """The indexed (ok) files of a catalogue, by id."""
+
+    ids: np.ndarray  # int64 (n,)
+    vectors: np.ndarray  # float32 (n, dim)
+    paths: list[str]
+    thumbs: list[bytes]  # 32x32 RGB, b"" when none was stored
+
+
+@dataclass
 class Row:
     id: int
     path: str
@@ -114,14 +124,32 @@ class Catalogue:
         vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
         return np.asarray(ids, dtype=np.int64), vecs
 
-    def labelled(self) -> list[tuple[int, str, bytes]]:
-        return list(
-            self.db.execute("SELECT id, path, thumb FROM files WHERE status='ok' ORDER BY id")
+    def ok_files(self, dim: int) -> OkFiles:
+        """Every ok file with its vector, path and thumbnail, by id: one read, so one
+        consistent state even while a writer commits."""
+        cur = self.db.execute(
+            "SELECT id, vector, path, thumb FROM files WHERE status='ok' ORDER BY id"
         )
+        ids, blobs, paths, thumbs = [], [], [], []
+        for i, blob, path, thumb in cur:
+            ids.append(i)
+            blobs.append(blob)
+            paths.append(path)
+            thumbs.append(thumb or b"")
+        vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), dim)
+        return OkFiles(np.asarray(ids, dtype=np.int64), vecs, paths, thumbs)
 
-    def vector_of(self, file_id: int) -> np.ndarray:
-        blob = self.db.execute("SELECT vector FROM files WHERE id=?", (file_id,)).fetchone()[0]
-        return np.frombuffer(blob, dtype=np.float32)
+    def vector_of(self, file_id: int) -> np.ndarray | None:
+        """The fc7 vector of an ok file, None when there is no such file."""
+        row = self.db.execute(
+            "SELECT vector FROM files WHERE id=? AND status='ok'", (file_id,)
+        ).fetchone()
+        return None if row is None else np.frombuffer(row[0], dtype=np.float32)
+
+    def path_and_thumb(self, file_id: int) -> tuple[str, bytes] | None:
+        """(path, 32x32 RGB thumbnail) of a file, None when there is no such file."""
+        row = self.db.execute("SELECT path, thumb FROM files WHERE id=?", (file_id,)).fetchone()
+        return None if row is None else (row[0], row[1] or b"")
 
     # -- writes (the caller holds the index lock and commits in chunks)
 

@@ -14,20 +14,20 @@ Files beside the index (named by the manifest's `codes` entry, published with it
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import CodesError
-from .autoencoder import DEFAULT_BITS, DEFAULT_EPOCHS, Coder, check_bits
+from ..progress import Progress
+from .autoencoder import DEFAULT_BITS, DEFAULT_EPOCHS, check_bits
 from .autoencoder import load as load_coder
 from .autoencoder import train as train_coder
 from .catalogue import Catalogue
 from .lock import write_lock
-from .manifest import open_existing, read_manifest, write_manifest
+from .manifest import CodesRecord, Manifest, open_existing, read_manifest, write_manifest
 
 FLAT_MAX = 2_000_000  # exact Hamming search up to here; binary IVF beyond
 
@@ -89,39 +89,22 @@ def _write_codes(index_dir: Path, gen: int, ids, packed, sig, bits: int) -> tupl
     return npz, fname
 
 
-def remove_stale(index_dir: Path, old: dict | None, new: dict | None) -> None:
+def remove_stale(index_dir: Path, old: CodesRecord | None, new: CodesRecord | None) -> None:
     """After the manifest naming `new` is published, delete what only `old` named."""
     if not old:
         return
-    keep = {new.get(k) for k in ("autoencoder", "codes_file", "index_file")} if new else set()
-    for k in ("autoencoder", "codes_file", "index_file"):
-        name = old.get(k)
-        if name and name not in keep:
-            try:  # a reader that opened the old manifest a moment ago may still want it
-                (index_dir / name).unlink()
-            except FileNotFoundError:
-                pass
-
-
-def _entry(coder: Coder, ae_name: str, npz: str, fname: str, n: int, epochs: int) -> dict:
-    return {
-        "bits": coder.bits,
-        "bytes_per_image": coder.bits // 8,
-        "fingerprint": coder.fingerprint,
-        "autoencoder": ae_name,
-        "codes_file": npz,
-        "index_file": fname,
-        "kind": binary_kind(n),
-        "count": n,
-        "epochs": epochs,
-        "trained_on": coder.trained_on,
-        "reconstruction_error": [round(h, 6) for h in coder.history],
-        "updated": time.time(),
-    }
+    keep = new.files() if new else set()
+    for name in old.files() - keep:
+        try:  # a reader that opened the old manifest a moment ago may still want it
+            (index_dir / name).unlink()
+        except FileNotFoundError:
+            pass
 
 
 @dataclass
-class BuildSummary:
+class CodesSummary:
+    """What `alexsearch codes` did; its fields are the keys `codes --json` prints."""
+
     index_dir: str
     bits: int
     bytes_per_image: int
@@ -137,56 +120,74 @@ class BuildSummary:
 
 def build(
     index: str | Path | None,
-    bits: int = DEFAULT_BITS,
+    bits: int | None = None,  # None: the given autoencoder's, else DEFAULT_BITS
     epochs: int = DEFAULT_EPOCHS,
     seed: int = 0,
     autoencoder: Path | None = None,  # reuse a saved one instead of training
     wait: bool = False,
-    progress: Callable | None = None,
-) -> BuildSummary:
+    progress: Progress | None = None,
+) -> CodesSummary:
     """`alexsearch codes`: train (or load) the autoencoder, encode every vector, publish."""
     t0 = time.perf_counter()
-    check_bits(bits)
+    if bits is not None:
+        check_bits(bits)
     index_dir, _ = open_existing(index)
     with write_lock(index_dir, wait=wait):
         manifest = read_manifest(index_dir)
-        fp = manifest["model"]["fingerprint"]
+        fp = manifest.model.fingerprint
         cat = Catalogue(index_dir / "catalogue.sqlite", readonly=True)
         try:
-            ids, vecs = cat.vectors(manifest["dimension"])
+            ids, vecs = cat.vectors(manifest.dimension)
         finally:
             cat.close()
         if autoencoder is not None:
             coder = load_coder(autoencoder, fp)
+            if bits is not None and coder.bits != bits:
+                raise CodesError(
+                    f"{autoencoder} makes {coder.bits}-bit codes, not --bits {bits}; drop "
+                    "--bits to use it, or train a new one without --autoencoder"
+                )
             epochs_run = 0
         else:
+            bits = bits or DEFAULT_BITS
             coder = train_coder(vecs, bits, epochs, fp, seed=seed, progress=progress)
             epochs_run = epochs
         t_train = time.perf_counter() - t0
-        if coder.dim != manifest["dimension"]:
+        if coder.dim != manifest.dimension:
             raise CodesError(
                 f"{autoencoder}: made for {coder.dim}-d vectors, the index holds "
-                f"{manifest['dimension']}-d"
+                f"{manifest.dimension}-d"
             )
-        gen = manifest.get("generation", 0) + 1
+        gen = manifest.generation + 1
         ae_name = f"autoencoder-{gen}.pt"
         coder.save(index_dir / ae_name)
         packed = coder.encode(vecs)
         npz, fname = _write_codes(index_dir, gen, ids, packed, signatures(vecs), coder.bits)
-        old = manifest.get("codes")
-        entry = _entry(coder, ae_name, npz, fname, len(ids), epochs_run)
-        write_manifest(
-            index_dir, {**manifest, "generation": gen, "codes": entry, "updated": time.time()}
+        entry = CodesRecord(
+            bits=coder.bits,
+            bytes_per_image=coder.bits // 8,
+            fingerprint=coder.fingerprint,
+            autoencoder=ae_name,
+            codes_file=npz,
+            index_file=fname,
+            kind=binary_kind(len(ids)),
+            count=len(ids),
+            epochs=epochs_run,
+            trained_on=coder.trained_on,
+            reconstruction_error=[round(h, 6) for h in coder.history],
+            updated=time.time(),
         )
-        remove_stale(index_dir, old, entry)
-    return BuildSummary(
+        published = replace(manifest, generation=gen, codes=entry, updated=time.time())
+        write_manifest(index_dir, published)
+        remove_stale(index_dir, manifest.codes, entry)
+    return CodesSummary(
         index_dir=str(index_dir),
         bits=coder.bits,
         bytes_per_image=coder.bits // 8,
         encoded=len(ids),
-        kind=entry["kind"],
+        kind=entry.kind,
         epochs=epochs_run,
-        reconstruction_error=entry["reconstruction_error"],
+        reconstruction_error=entry.reconstruction_error,
         fingerprint=fp,
         autoencoder=str(index_dir / ae_name),
         seconds=time.perf_counter() - t0,
@@ -194,51 +195,51 @@ def build(
     )
 
 
-def refresh(index_dir: Path, entry: dict, ids: np.ndarray, vecs: np.ndarray, gen: int) -> dict:
+def refresh(index_dir: Path, entry: CodesRecord, ids, vecs, gen: int) -> CodesRecord:
     """Keep codes in step after an indexing run (called before the manifest is published):
     keep the codes of unchanged vectors, encode new and changed ones with the saved
     autoencoder, drop deleted ones. Returns the new manifest entry."""
     sig = signatures(vecs)
     try:
-        with np.load(index_dir / entry["codes_file"]) as old:
+        with np.load(index_dir / entry.codes_file) as old:
             old_ids, old_codes, old_sig = old["ids"], old["codes"], old["sig"]
     except (OSError, KeyError, ValueError) as e:
         raise CodesError(
             f"{index_dir}: the binary codes cannot be kept current ({e}); "
             "run `alexsearch codes` again"
         ) from None
-    packed = np.zeros((len(ids), entry["bits"] // 8), np.uint8)
+    packed = np.zeros((len(ids), entry.bits // 8), np.uint8)
     at = np.clip(np.searchsorted(old_ids, ids), 0, max(len(old_ids) - 1, 0))
     same = np.zeros(len(ids), bool)
     if len(old_ids):
         same = (old_ids[at] == ids) & (old_sig[at] == sig)
         packed[same] = old_codes[at[same]]
     if (~same).any():
-        coder = load_coder(index_dir / entry["autoencoder"], entry["fingerprint"])
+        coder = load_coder(index_dir / entry.autoencoder, entry.fingerprint)
         packed[~same] = coder.encode(vecs[~same])
-    npz, fname = _write_codes(index_dir, gen, ids, packed, sig, entry["bits"])
-    return {
-        **entry,
-        "codes_file": npz,
-        "index_file": fname,
-        "kind": binary_kind(len(ids)),
-        "count": len(ids),
-        "reencoded": int((~same).sum()),
-        "updated": time.time(),
-    }
+    npz, fname = _write_codes(index_dir, gen, ids, packed, sig, entry.bits)
+    return replace(
+        entry,
+        codes_file=npz,
+        index_file=fname,
+        kind=binary_kind(len(ids)),
+        count=len(ids),
+        reencoded=int((~same).sum()),
+        updated=time.time(),
+    )
 
 
-def open_codes(index_dir: Path, manifest: dict):
+def open_codes(index_dir: Path, manifest: Manifest):
     """(coder, FAISS binary index) of a published manifest, or a clear message."""
     import faiss
 
-    entry = manifest.get("codes")
+    entry = manifest.codes
     if not entry:
         raise CodesError(
             f"{index_dir} has no binary codes yet: run `alexsearch codes --index {index_dir}`"
         )
-    coder = load_coder(index_dir / entry["autoencoder"], manifest["model"]["fingerprint"])
-    p = index_dir / entry["index_file"]
+    coder = load_coder(index_dir / entry.autoencoder, manifest.model.fingerprint)
+    p = index_dir / entry.index_file
     try:
         index = faiss.read_index_binary(str(p))
     except RuntimeError as e:

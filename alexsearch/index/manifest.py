@@ -20,11 +20,11 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..atomic import atomic_write
 from ..errors import IndexError_
-from .catalogue import Catalogue
 
 FORMAT = "alexsearch-index"
 VERSION = 1
@@ -35,7 +35,118 @@ def resolve_dir(index: str | os.PathLike | None) -> Path:
     return Path(index) if index else DEFAULT_DIR
 
 
-def read_manifest(index_dir: Path) -> dict | None:
+def _known(cls, d: dict) -> dict:
+    """The keys of `d` that `cls` has: fields a later minor version adds are ignored."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+@dataclass
+class ModelRecord:
+    """The weights an index was built with."""
+
+    fingerprint: str
+    weights: str = ""  # the checkpoint's resolved path when it was built
+    weights_signature: list = field(default_factory=list)  # [path, size, mtime_ns]
+    layer: str = "fc7"
+
+
+@dataclass
+class PreprocessRecord:
+    """How its photos became network input; `signature` decides comparability."""
+
+    resize: int = 256
+    crop: str = ""
+    channel_order: str = "RGB"
+    geometry: str = "not recorded"  # indexes made before it was recorded
+    signature: str | None = None  # idem: such indexes are checked on the weights alone
+
+    @classmethod
+    def of(cls, pre) -> PreprocessRecord:
+        return cls(
+            resize=pre.resize,
+            crop=f"centre {pre.input_size}",
+            channel_order=pre.channel_order,
+            geometry=pre.geometry(),
+            signature=pre.signature(),
+        )
+
+
+@dataclass
+class CodesRecord:
+    """The binary codes (`alexsearch codes`) published with this generation."""
+
+    bits: int
+    bytes_per_image: int
+    fingerprint: str  # of the weights whose fc7 the autoencoder learnt
+    autoencoder: str  # file names, beside the manifest
+    codes_file: str
+    index_file: str
+    kind: str  # "flat" or "ivf"
+    count: int
+    epochs: int = 0
+    trained_on: int = 0
+    reconstruction_error: list = field(default_factory=list)
+    updated: float = 0.0
+    reencoded: int = 0  # by the last indexing run
+
+    def files(self) -> set[str]:
+        return {self.autoencoder, self.codes_file, self.index_file}
+
+    def describe(self) -> str:
+        return (
+            f"{self.bits} bits ({self.bytes_per_image} bytes an image), "
+            f"{self.count} encoded, {self.kind}"
+        )
+
+
+@dataclass
+class Manifest:
+    """manifest.json: what a published generation of an index is."""
+
+    model: ModelRecord
+    dimension: int
+    preprocess: PreprocessRecord
+    format: str = FORMAT
+    version: int = VERSION
+    created: float = 0.0
+    metric: str = "L2"
+    generation: int = 0
+    kind: str = ""
+    kind_requested: str = "flat"
+    vectors_file: str = ""
+    counts: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    updated: float = 0.0
+    codes: CodesRecord | None = None
+
+    @classmethod
+    def new(cls, fingerprint: str, weights: Path, layer: str, dimension: int, pre) -> Manifest:
+        """The manifest of an index about to be built with these weights."""
+        return cls(
+            model=ModelRecord(fingerprint, str(weights), weights_signature(weights), layer),
+            dimension=int(dimension),
+            preprocess=PreprocessRecord.of(pre),
+            created=time.time(),
+        )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if self.codes is None:
+            del d["codes"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        d = _known(cls, d)
+        d["model"] = ModelRecord(**_known(ModelRecord, d["model"]))
+        d["preprocess"] = PreprocessRecord(**_known(PreprocessRecord, d.get("preprocess") or {}))
+        if d.get("codes"):
+            d["codes"] = CodesRecord(**_known(CodesRecord, d["codes"]))
+        return cls(**d)
+
+
+def read_manifest(index_dir: Path) -> Manifest | None:
+    """The published manifest, None when there is none yet; IndexError_ when unusable."""
     p = index_dir / "manifest.json"
     if not p.exists():
         return None
@@ -47,28 +158,38 @@ def read_manifest(index_dir: Path) -> dict | None:
         raise IndexError_(f"{index_dir}: not an alexsearch index (manifest format)")
     if m.get("version", 0) > VERSION:
         raise IndexError_(f"{index_dir}: index format {m['version']} is newer than this tool")
-    return m
+    try:
+        return Manifest.from_dict(m)
+    except (KeyError, TypeError, AttributeError) as e:
+        raise IndexError_(f"{p}: malformed manifest ({type(e).__name__}: {e})") from None
 
 
-def write_manifest(index_dir: Path, manifest: dict) -> None:
-    body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+def write_manifest(index_dir: Path, manifest: Manifest) -> None:
+    body = json.dumps(manifest.to_dict(), indent=2, sort_keys=True).encode()
     atomic_write(index_dir / "manifest.json", lambda f: f.write(body))
 
 
-def open_existing(index: str | os.PathLike | None) -> tuple[Path, dict]:
+def not_published(index_dir: Path) -> str:
+    return (
+        f"the index at {index_dir} is not complete yet (its first run was interrupted or is "
+        "still running): run `alexsearch index` on the same photos to finish it"
+    )
+
+
+def no_index(index_dir: Path, named: bool) -> str:
+    return f"no index at {index_dir}: build one with `alexsearch index PHOTOS" + (
+        f" --index {index_dir}`" if named else "`"
+    )
+
+
+def open_existing(index: str | os.PathLike | None) -> tuple[Path, Manifest]:
     """The index folder and its manifest, or a clear message saying how to make one."""
     d = resolve_dir(index)
     m = read_manifest(d) if d.is_dir() else None
     if m is None and (d / "catalogue.sqlite").exists():
-        raise IndexError_(
-            f"the index at {d} is not complete yet (its first run was interrupted or is "
-            "still running): run `alexsearch index` on the same photos to finish it"
-        )
+        raise IndexError_(not_published(d))
     if m is None:
-        raise IndexError_(
-            f"no index at {d}: build one with `alexsearch index PHOTOS"
-            + (f" --index {d}`" if index else "`")
-        )
+        raise IndexError_(no_index(d, index is not None))
     return d, m
 
 
@@ -82,65 +203,23 @@ def weights_signature(path) -> list:
     return [str(p), st.st_size, st.st_mtime_ns]
 
 
-def check_model(index_dir: Path, manifest: dict, fingerprint: str, pre, weights_path, fix):
+def check_model(index_dir: Path, manifest: Manifest, fingerprint: str, pre, weights_path, fix):
     """Refuse weights other than the index's, and the same weights with other
     preprocessing (mean, channel order, geometry): either way their vectors would not be
     comparable. Indexes made before the preprocessing signature was recorded are checked
     on the weights alone."""
-    have = manifest["model"]
-    if have["fingerprint"] != fingerprint:
+    have = manifest.model
+    if have.fingerprint != fingerprint:
         raise IndexError_(
-            f"{index_dir} was built with weights {have['fingerprint']} ({have.get('weights')}), "
+            f"{index_dir} was built with weights {have.fingerprint} ({have.weights}), "
             f"but {weights_path} holds {fingerprint}; {fix}"
         )
-    recorded = manifest.get("preprocess", {})
-    if recorded.get("signature") in (None, pre.signature()):
+    recorded = manifest.preprocess
+    if recorded.signature in (None, pre.signature()):
         return
-    was, now = recorded.get("geometry"), pre.geometry()
+    was, now = recorded.geometry, pre.geometry()
     what = f"{was} vs {now}" if was != now else "mean, pixel scale or channel order"
     raise IndexError_(
         f"{index_dir} was built with these weights but other preprocessing ({what}) than "
         f"{weights_path}'s; {fix}"
-    )
-
-
-def disk_bytes(index_dir: Path) -> int:
-    return sum(p.stat().st_size for p in index_dir.iterdir() if p.is_file())
-
-
-def describe(index: str | os.PathLike | None) -> dict:
-    """What `alexsearch info` shows about an index."""
-    d, m = open_existing(index)
-    cat = Catalogue(d / "catalogue.sqlite", readonly=True)
-    try:
-        ok, failed = cat.count()
-        failures = [{"path": p, "reason": r} for p, r in cat.failures()]
-    finally:
-        cat.close()
-    return {
-        "index": str(d),
-        "files": ok,
-        "failed": failed,
-        "weights": m["model"].get("weights"),
-        "fingerprint": m["model"]["fingerprint"],
-        "layer": m["model"].get("layer"),
-        "geometry": m.get("preprocess", {}).get("geometry", "not recorded"),
-        "dimension": m["dimension"],
-        "kind": m["kind"],
-        "metric": m["metric"],
-        "generation": m["generation"],
-        "bytes_on_disk": disk_bytes(d),
-        "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.get("updated", 0))),
-        "codes": _describe_codes(m.get("codes")),
-        "failures": failures,
-    }
-
-
-def _describe_codes(entry: dict | None) -> str:
-    """One line on the binary codes (`alexsearch codes`), or how to make them."""
-    if not entry:
-        return "none (alexsearch codes)"
-    return (
-        f"{entry['bits']} bits ({entry['bytes_per_image']} bytes an image), "
-        f"{entry['count']} encoded, {entry['kind']}"
     )

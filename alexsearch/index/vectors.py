@@ -73,10 +73,11 @@ def write_faiss(index_dir: Path, index, generation: int) -> str:
     return name
 
 
-def read_faiss(index_dir: Path, manifest: dict):
+def read_faiss(index_dir: Path, name: str):
+    """The vectors file `name` of an index, memory-mapped and read-only."""
     import faiss
 
-    p = index_dir / manifest["vectors_file"]
+    p = index_dir / name
     try:
         # Memory-mapped: opening costs nothing whatever the size (a flat 100k index is
         # 1.6 GB), pages come from the page cache, and a file a writer unlinks meanwhile

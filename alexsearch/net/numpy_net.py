@@ -1,19 +1,19 @@
 """fc7 with numpy alone: the network a query runs, so a cold `alexsearch query` never
 imports torch.
 
-Importing torch takes ~2 s on the 2-core dev machine, more than everything else a
+Importing torch takes ~2.5 s on the 2-core dev machine, more than everything else a
 query does together (bench/query_latency.py). A query embeds a few images, where
-numpy's BLAS matrix products (an im2col per convolution) take ~0.1 s an image. The
-arithmetic is the one-device plan of model.py in float32, so vectors equal torch's to
-float rounding (tests/test_numpy_net.py); the index's vectors still come from torch.
+numpy's BLAS matrix products (an im2col per convolution) take ~0.06 s an image. The
+arithmetic is the one-device plan of net/alexnet.py in float32, so vectors equal
+torch's to float rounding (tests/test_numpy_net.py); the index's vectors still come
+from torch.
 
-`load` returns None for any file it does not take as a sound alexsearch checkpoint;
-the caller then loads it with torch (weights.load), whose messages say what is wrong.
+`NumpyNet.of` takes a checkpoint from weights/checkpoint.read, the reader and validator
+the torch path uses too.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,8 +22,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from ..images.decode import decode
 from ..images.geometry import centre_offsets, resize_centre
 from ..images.preprocess import Preprocess
-from ..weights import checkpoint_file
-from .arch import ArchConfig, LRNConfig, expected_shapes
+from .arch import ArchConfig, LRNConfig
 
 
 @dataclass
@@ -32,6 +31,13 @@ class NumpyNet:
     preprocess: Preprocess
     params: dict[str, np.ndarray]
     fingerprint: str
+
+    @classmethod
+    def of(cls, ckpt) -> NumpyNet:
+        """The network of a checkpoint read without torch (weights.checkpoint.read)."""
+        # float64 or float16 weights compute in float32, as the torch network does
+        params = {k: np.asarray(v, np.float32) for k, v in ckpt.state_dict.items()}
+        return cls(ckpt.arch, ckpt.preprocess, params, ckpt.fingerprint)
 
     def features(self, x: np.ndarray) -> np.ndarray:
         """fc7 after its ReLU for a float32 batch (n, 3, s, s), as AlexNet.features."""
@@ -58,30 +64,6 @@ class NumpyNet:
         top, left = centre_offsets(pre.resize, pre.input_size)
         crop = u8[top : top + pre.input_size, left : left + pre.input_size].transpose(2, 0, 1)
         return self.features(pre.normalize_array(crop)[None])[0]
-
-
-def load(path: str | os.PathLike) -> NumpyNet | None:
-    """The checkpoint at `path` as a NumpyNet, or None (see the module's note)."""
-    try:
-        raw = checkpoint_file.read(path)  # every CRC checked
-        if not isinstance(raw, dict) or raw.get("format") != checkpoint_file.FORMAT:
-            return None
-        if raw.get("version", 0) > checkpoint_file.VERSION:
-            return None
-        arch = ArchConfig.from_dict(raw["arch"])
-        pre = Preprocess.from_dict(raw["preprocess"])
-        state = raw["state_dict"]
-        want = expected_shapes(arch)
-        if not isinstance(state, dict) or set(state) != set(want):
-            return None
-        for key, shape in want.items():
-            a = state[key]
-            ok = isinstance(a, np.ndarray) and a.dtype == np.float32 and a.shape == shape
-            if not ok or not np.isfinite(a).all():
-                return None
-        return NumpyNet(arch, pre, dict(state), str(raw.get("fingerprint") or ""))
-    except Exception:  # noqa: BLE001 - any surprise: torch's loader has the message for it
-        return None
 
 
 def _relu(x: np.ndarray) -> np.ndarray:

@@ -92,3 +92,21 @@ def resume_config(run_dir: Path, overrides: dict) -> TrainConfig:
         setattr(cfg, key, value)
     cfg.out = str(run_dir)
     return cfg
+
+
+def settings(data, val, out, resume, given: dict) -> TrainConfig:
+    """The settings of `alexsearch train`: a resumed run's own (with the changes it
+    allows), or the paper's defaults with the options given (None: not given)."""
+    if resume is not None:
+        cfg = resume_config(Path(resume), given)
+        if data is not None and str(data) != cfg.data:
+            cfg.data = str(data)  # the same images moved elsewhere
+        return cfg
+    if data is None:
+        raise TrainError("give --data DIR (with train/ and val/) or --resume RUN_DIR")
+    cfg = TrainConfig(data=str(data), val=str(val) if val else None)
+    cfg.out = str(out or default_run_dir())
+    for key, value in given.items():
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg

@@ -28,6 +28,7 @@ from ..evaluate.classification import topk_wrong
 from ..images.preprocess import Preprocess
 from ..net.alexnet import AlexNet, TwoDeviceAlexNet
 from ..net.arch import ArchConfig
+from ..progress import Progress, silent
 from ..weights import checkpoint as weights
 from .config import TrainConfig, TrainError, default_run_dir, find_splits
 from .plan import Plan, all_sum, autocast_for, setup_plan
@@ -58,7 +59,7 @@ def rgb_statistics(samples, cap: int, seed: int, workers: int, progress=None) ->
             stats.update(u8)
         done += 64
         if progress:
-            progress(min(done, len(samples)), len(samples))
+            progress("mean & PCA", min(done, len(samples)), len(samples))
     if stats.n == 0:
         raise TrainError("no readable training image to compute the mean from")
     val, vec = stats.eig()
@@ -93,28 +94,6 @@ def centre_input(u8, pre: Preprocess, device):
 # --------------------------------------------------------------------------- devices
 
 
-# --------------------------------------------------------------------------- state
-
-
-# --------------------------------------------------------------------------- progress
-
-
-class Reporter:
-    """What a run tells its watcher; the CLI draws it with rich, tests ignore it."""
-
-    def stats(self, done: int, total: int) -> None: ...
-
-    def epoch_start(self, epoch: int, epochs: int, batches: int, lr: float) -> None: ...
-
-    def batch(self, done: int, loss: float, img_per_s: float) -> None: ...
-
-    def validating(self, batches: int) -> None: ...
-
-    def epoch_end(self, row: dict) -> None: ...
-
-    def note(self, text: str) -> None: ...
-
-
 @dataclass
 class TrainResult:
     run_dir: str
@@ -138,13 +117,14 @@ class TrainResult:
 # --------------------------------------------------------------------------- the run
 
 
-def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False) -> TrainResult:
-    """Train (or continue, with resume=True and cfg.out the run folder) and return a summary."""
-    rep = reporter or Reporter()
+def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False) -> TrainResult:
+    """Train (or continue, with resume=True and cfg.out the run folder) and return a summary.
+
+    progress: "mean & PCA" (images), "epoch E/N" (batches, with loss and img_per_s), then
+    "epochs" (epochs done, with the epoch's metrics row as figures)."""
     t_start = time.perf_counter()
     plan = setup_plan(cfg.device)
-    if not plan.main:
-        rep = Reporter()
+    report = progress if progress is not None and plan.main else silent
     run_dir = Path(cfg.out) if cfg.out else default_run_dir()
     if cfg.batch_size < 1 or cfg.epochs < 0 or cfg.lr <= 0:
         raise TrainError("--batch-size must be >= 1, --epochs >= 0 and --lr > 0")
@@ -178,14 +158,11 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
         pre, arch = ckpt.preprocess, ckpt.arch
         model = AlexNet(arch, init=False)
         model.load_state_dict(ckpt.state_dict)
-        rep.note(f"resuming {run_dir} after epoch {state['epoch']}")
     else:
         stats = None
         if plan.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            stats = rgb_statistics(
-                train_samples, cfg.stats_samples, cfg.seed, cfg.workers, rep.stats
-            )
+            stats = rgb_statistics(train_samples, cfg.stats_samples, cfg.seed, cfg.workers, report)
             atomic_write(run_dir / "stats.json", lambda f: f.write(json.dumps(stats).encode()))
         if plan.world > 1:
             import torch.distributed as dist
@@ -254,7 +231,8 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
         sampler.set_epoch(epoch)
         for g in opt.param_groups:
             g["lr"] = state["lr"]
-        rep.epoch_start(epoch, cfg.epochs, len(train_loader), state["lr"])
+        stage, batches, batch = f"epoch {epoch}/{cfg.epochs}", len(train_loader), 0
+        report(stage, 0, batches, lr=state["lr"])
         step_model.train()
         loss_sum = wrong1 = wrong5 = seen = 0.0
         t_train = time.perf_counter()
@@ -284,7 +262,8 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
                 loss_sum += float(loss.detach()) * n
                 wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + n
                 rate = seen * plan.world / max(time.perf_counter() - t_train, 1e-9)
-                rep.batch(int(seen), loss_sum / seen, rate)
+                batch += 1
+                report(stage, batch, batches, loss=loss_sum / seen, img_per_s=rate)
                 if not math.isfinite(float(loss.detach())):
                     raise TrainError(
                         f"epoch {epoch}: the loss became {float(loss)}; lower --lr and start again"
@@ -292,7 +271,6 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
         train_seconds = time.perf_counter() - t_train
         loss_sum, wrong1, wrong5, seen = all_sum(plan, [loss_sum, wrong1, wrong5, seen])
 
-        rep.validating(len(val_loader))
         v1, v5, vn = _validate(step_model, val_loader, pre, plan, autocast, skipped)
         v1, v5, vn = all_sum(plan, [v1, v5, vn])
         if seen == 0 or vn == 0:
@@ -309,21 +287,13 @@ def run(cfg: TrainConfig, reporter: Reporter | None = None, resume: bool = False
             "seconds": time.perf_counter() - t0,
         }
         # ---- the plateau schedule
-        lr_before = state["lr"]
         improved = plateau_step(state, epoch, row["val_top1_err"], cfg.patience, cfg.lr_drop)
-        dropped = (
-            ""
-            if state["lr"] == lr_before
-            else (f"val error stopped improving: lr -> {state['lr']:g}")
-        )
         state["epoch"] = epoch
         state["history"].append(row)
         state["skipped"] = sorted(skipped.items())
         if plan.main:
             _save(run_dir, net, plan, arch, pre, classes, cfg, state, opt, params, improved)
-        rep.epoch_end(row)
-        if dropped:
-            rep.note(dropped)
+        report("epochs", epoch, cfg.epochs, **{k: v for k, v in row.items() if k != "epoch"})
 
     final = net.grouped_state_dict() if plan.two_towers else net.state_dict()
     prints = [weights.fingerprint(final)]

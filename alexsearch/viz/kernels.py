@@ -108,3 +108,11 @@ def kernels_picture(ckpt, scale: int = 5) -> Image.Image:
     """kernel_grid of a loaded weights.Checkpoint, towers and channel order taken from it."""
     k = conv1_kernels(ckpt.state_dict, ckpt.preprocess.channel_order)
     return kernel_grid(k, ckpt.arch.towers, scale)
+
+
+def kernels_of_weights(weights=None, scale: int = 5) -> Image.Image:
+    """kernels_picture of the weights the policy names (--weights, $ALEXSEARCH_WEIGHTS,
+    the fetched default)."""
+    from ..weights import checkpoint, locations
+
+    return kernels_picture(checkpoint.load(locations.resolve(weights)), scale)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..images.folders import label_of
 from ..index.catalogue import Catalogue
 from ..index.manifest import open_existing
+from ..progress import Progress
 from .draw import INK, MUTED, WHITE, colour, fit_text, font, load_tile, missing_tile
 
 TSNE_METHODS = ("opentsne", "sklearn")
@@ -44,7 +45,7 @@ def tsne_2d(
     threads: int | None = None,
     seed: int = 0,
     perplexity: float = 30.0,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """2-D t-SNE of the rows of x. progress(stage, done, total) reports the optimisation
     (openTSNE only; scikit-learn gives no callback, so it reports start and end)."""
@@ -57,7 +58,7 @@ def tsne_2d(
     perp = _perplexity(n, perplexity)
     report = progress or (lambda *a: None)
     if method == "opentsne":
-        report("affinities", 0, 0)  # the import alone takes seconds
+        report("affinities", 0, None)  # the import alone takes seconds
         from openTSNE import TSNE
 
         ee, it, every = 250, 500, 10
@@ -104,27 +105,27 @@ class IndexMap:
     paths: list[str]
     thumbs: list[bytes]
     coords: np.ndarray  # (n, 2)
+    index: str = ""  # the index folder it maps
 
     @property
     def labels(self) -> list[str]:
         return [label_of(p) for p in self.paths]
 
 
-def index_tsne(index, method: str = DEFAULT_TSNE, threads=None, seed: int = 0, progress=None):
+def index_tsne(
+    index, method: str = DEFAULT_TSNE, threads=None, seed: int = 0, progress: Progress | None = None
+):
     """PCA 50 + t-SNE of every ok vector in an index (read-only)."""
     d, manifest = open_existing(index)
     cat = Catalogue(d / "catalogue.sqlite", readonly=True)
     try:
-        ids, vecs = cat.vectors(int(manifest["dimension"]))
-        rows = {i: (p, t) for i, p, t in cat.labelled()}
+        ok = cat.ok_files(manifest.dimension)
     finally:
         cat.close()
     if progress:
-        progress("PCA to 50", 0, 1)
-    coords = tsne_2d(pca50(vecs, seed), method, threads, seed, progress=progress)
-    paths = [rows[int(i)][0] for i in ids]
-    thumbs = [rows[int(i)][1] or b"" for i in ids]
-    return IndexMap(ids, paths, thumbs, coords)
+        progress("PCA to 50", 0, None)
+    coords = tsne_2d(pca50(ok.vectors, seed), method, threads, seed, progress=progress)
+    return IndexMap(ok.ids, ok.paths, ok.thumbs, coords, str(d))
 
 
 def _unit(coords: np.ndarray) -> np.ndarray:
@@ -232,3 +233,21 @@ def thumbnail_map(
             t = load_tile("", tile, thumbs[i]) or missing_tile(tile)
         img.paste(t, (c * tile, r * tile))
     return img
+
+
+def scatter_picture(m: IndexMap, size: int = 900, method: str = DEFAULT_TSNE):
+    """The map as points coloured by folder, titled with what it shows."""
+    title = f"t-SNE of {len(m.paths)} images in {m.index} ({method})"
+    return scatter(m.coords, m.labels, size, title)
+
+
+def thumbnail_picture(m: IndexMap, max_images: int = 2500, tile: int = 64, seed: int = 0):
+    """(picture, images drawn): thumbnails on a grid by position, at most `max_images`
+    of them (a fixed random sample beyond)."""
+    keep = np.arange(len(m.paths))
+    if len(keep) > max_images:
+        keep = np.sort(np.random.default_rng(seed).choice(len(keep), max_images, False))
+    img = thumbnail_map(
+        m.coords[keep], [m.paths[i] for i in keep], [m.thumbs[i] for i in keep], tile
+    )
+    return img, len(keep)

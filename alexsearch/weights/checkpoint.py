@@ -1,9 +1,16 @@
-"""The checkpoint format: weights + architecture + preprocessing + class names, one file.
+"""The checkpoint: weights + architecture + preprocessing + class names, one file.
 
-A checkpoint is a ``torch.save`` of plain containers and tensors, read back with
-``torch.load(weights_only=True)``, so loading never executes pickled code. It carries a
+A checkpoint is a ``torch.save`` of plain containers and tensors. It carries a
 fingerprint (SHA-256 over the tensors in key order), computed once when written, which
 indexes record so a query with other weights is refused.
+
+One reader and one validator serve both paths. `read` (torch-free, what a CPU query
+uses) checks every zip CRC, unpickles with an allowlist and returns the tensors as
+numpy arrays; `load` (training, indexing, GPUs) is `read` with the arrays made into
+torch tensors. Only a file `read` reports as beyond its allowlist (a bfloat16 storage,
+a pickled Parameter, ...) goes to ``torch.load(weights_only=True)``, and then through
+the same validation; any other problem is a WeightsError with one clear line. Loading
+never executes pickled code.
 """
 
 from __future__ import annotations
@@ -15,38 +22,41 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from ..atomic import atomic_write
 from ..errors import WeightsError
 from ..images.preprocess import Preprocess
-from ..net.alexnet import AlexNet
 from ..net.arch import PAPER, ArchConfig, expected_shapes
 from . import checkpoint_file
-from .checkpoint_file import FORMAT, VERSION
+from .checkpoint_file import FORMAT, VERSION, Unsupported
 
 
 @dataclass
 class Checkpoint:
     arch: ArchConfig
     preprocess: Preprocess
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict  # name -> numpy array (read) or torch tensor (load)
     classes: list[str] = field(default_factory=list)
     meta: dict = field(default_factory=dict)  # provenance: source, training run, epoch...
     fingerprint: str = ""
     extra: dict = field(default_factory=dict)  # training state (optimizer, RNG) when resuming
 
-    def build(self, device: str | torch.device = "cpu") -> AlexNet:
-        """The network in eval mode on `device`."""
+    def build(self, device="cpu"):
+        """The torch network (net.alexnet.AlexNet) in eval mode on `device`."""
+        import torch
+
+        from ..net.alexnet import AlexNet
+
         with torch.device("meta"):  # no throwaway allocation: take the loaded tensors as is
             model = AlexNet(self.arch, init=False)
-        model.load_state_dict(self.state_dict, assign=True)
+        model.load_state_dict(_tensors(self.state_dict), assign=True)
         # float64 or float16 weights (a valid checkpoint) still compute in float32, the
         # precision of every input and every index
         return model.float().to(device).eval()
 
     def describe(self) -> dict:
-        n = sum(t.numel() for t in self.state_dict.values())
+        n = sum(int(np.prod(t.shape)) for t in self.state_dict.values())
         return {
             "architecture": self.arch.name,
             "towers": self.arch.towers,
@@ -57,69 +67,44 @@ class Checkpoint:
             "channel_order": self.preprocess.channel_order,
             "pixel_scale": self.preprocess.scale,
             "geometry": self.preprocess.geometry(),
-            "mean": "image" if torch.as_tensor(self.preprocess.mean).ndim > 1 else "per-channel",
+            "mean": "image" if np.asarray(self.preprocess.mean).ndim > 1 else "per-channel",
             "lrn": None if self.arch.lrn is None else self.arch.lrn.__dict__,
             "fingerprint": self.fingerprint,
             **{k: v for k, v in self.meta.items() if isinstance(v, (str, int, float))},
         }
 
 
-def fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state_dict):
-        t = state_dict[key].detach().cpu().contiguous()
-        h.update(key.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+# --------------------------------------------------------------------------- reading
 
 
-def check_fits(arch: ArchConfig, state_dict: dict[str, torch.Tensor]) -> None:
-    """Refuse tensors that do not fit the architecture, naming the first difference."""
-    want = expected_shapes(arch)
-    missing = sorted(set(want) - set(state_dict))
-    extra = sorted(set(state_dict) - set(want))
-    if missing:
-        raise WeightsError(f"weights lack {', '.join(missing[:3])} for a {arch.name} network")
-    if extra:
-        raise WeightsError(f"weights hold unexpected {', '.join(extra[:3])}")
-    for key, shape in want.items():
-        got = tuple(state_dict[key].shape)
-        if got != shape:
-            raise WeightsError(
-                f"{key} has shape {'x'.join(map(str, got))} but the stored architecture "
-                f"({arch.name}, {arch.num_classes} classes) needs {'x'.join(map(str, shape))}"
-            )
-        if not state_dict[key].is_floating_point():
-            raise WeightsError(f"{key} is {state_dict[key].dtype}, not floating point")
-        if not bool(torch.isfinite(state_dict[key]).all()):
-            raise WeightsError(
-                f"{key} holds NaN or infinite values (a diverged training run or a damaged file)"
-            )
-
-
-def save(ckpt: Checkpoint, path: str | os.PathLike) -> str:
-    """Write atomically (a temporary file beside it, fsync, rename); returns the fingerprint."""
-    sd = {k: v.detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
-    ckpt.fingerprint = fingerprint(sd)
-    payload = {
-        "format": FORMAT,
-        "version": VERSION,
-        "arch": ckpt.arch.to_dict(),
-        "preprocess": ckpt.preprocess.to_dict(),
-        "classes": list(ckpt.classes),
-        "meta": dict(ckpt.meta),
-        "fingerprint": ckpt.fingerprint,
-        "state_dict": sd,
-        "extra": ckpt.extra,
-    }
-    atomic_write(path, lambda f: torch.save(payload, f))
-    return ckpt.fingerprint
-
-
-def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
-    """Read and validate a checkpoint; any problem is a WeightsError with one clear line."""
+def read(path: str | os.PathLike) -> Checkpoint:
+    """The checkpoint at `path` with numpy arrays (read-only views of a memory map), without
+    torch. Raises WeightsError for anything unusable, Unsupported for content beyond this
+    reader (which `load` then hands to torch)."""
     path = Path(path)
+    _check_file(path)
+    try:
+        raw = checkpoint_file.read(path)  # every CRC checked first
+    except checkpoint_file.ArchiveError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    except OSError as e:
+        raise WeightsError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    return _validate(raw, path)
+
+
+def load(path: str | os.PathLike) -> Checkpoint:
+    """The checkpoint at `path` with torch tensors on the CPU (copies, not views of the
+    file, which may be replaced while they live). Any problem is a WeightsError."""
+    try:
+        ckpt = read(path)
+    except Unsupported:
+        return _validate(_torch_load(Path(path)), Path(path))
+    ckpt.state_dict = _tensors(ckpt.state_dict)
+    ckpt.extra = _tensors(ckpt.extra)
+    return ckpt
+
+
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise WeightsError(f"{path}: no such weights file")
     if path.is_dir():
@@ -129,9 +114,15 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         if path.suffix in (".caffemodel", ".pth", ".pt"):
             hint = ": `alexsearch weights import` it first"
         raise WeightsError(f"{path}: not a checkpoint (not a PyTorch zip archive){hint}")
-    _check_archive(path)
+
+
+def _torch_load(path: Path) -> dict:
+    """torch's own reader, for what the allowlisted reader does not know; its CRCs were
+    checked by that reader already (torch.load skips them)."""
+    import torch
+
     try:
-        raw = torch.load(path, map_location=map_location, weights_only=True, mmap=False)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=False)
     except pickle.UnpicklingError:
         raise WeightsError(
             f"{path}: refused: it holds pickled Python objects beyond tensors and plain "
@@ -142,6 +133,11 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         raise WeightsError(f"{path}: not a readable checkpoint ({msg})") from None
     except Exception as e:
         raise WeightsError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+
+
+def _validate(raw, path: Path) -> Checkpoint:
+    """The one validator: format, version, architecture, preprocessing, and tensors that
+    fit the architecture (numpy arrays or torch tensors alike)."""
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         hint = ""
         if isinstance(raw, dict) and "features.0.weight" in raw:
@@ -153,35 +149,125 @@ def load(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
         arch = ArchConfig.from_dict(raw["arch"])
         pre = Preprocess.from_dict(raw["preprocess"])
         sd = raw["state_dict"]
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        if not isinstance(sd, dict) or not all(_is_array(v) for v in sd.values()):
             raise WeightsError(f"{path}: state_dict is not a mapping of tensors")
         check_fits(arch, sd)
         return Checkpoint(
             arch=arch,
             preprocess=pre,
-            state_dict=sd,
+            state_dict=dict(sd),
             classes=list(raw.get("classes") or []),
             meta=dict(raw.get("meta") or {}),
             fingerprint=str(raw.get("fingerprint") or ""),
             extra=dict(raw.get("extra") or {}),
         )
     except WeightsError as e:
-        raise WeightsError(f"{path}: {e}") from None
+        msg = str(e)
+        raise WeightsError(msg if msg.startswith(f"{path}:") else f"{path}: {msg}") from None
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # RuntimeError: torch
         # refusing an impossible architecture (negative or zero sizes) while sizing it
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
         raise WeightsError(f"{path}: malformed checkpoint ({type(e).__name__}: {msg})") from None
 
 
-def _check_archive(path: Path) -> None:
-    """Verify the zip's checksums, which torch.load skips: a flipped bit in a tensor would
-    otherwise load silently (under the fingerprint of the undamaged file)."""
-    try:
-        checkpoint_file.check_archive(path)
-    except checkpoint_file.ArchiveError as e:
-        raise WeightsError(f"{path}: {e}") from None
-    except OSError as e:
-        raise WeightsError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+def check_fits(arch: ArchConfig, state_dict: dict) -> None:
+    """Refuse tensors that do not fit the architecture, naming the first difference."""
+    want = expected_shapes(arch)
+    missing = sorted(set(want) - set(state_dict))
+    extra = sorted(set(state_dict) - set(want))
+    if missing:
+        raise WeightsError(f"weights lack {', '.join(missing[:3])} for a {arch.name} network")
+    if extra:
+        raise WeightsError(f"weights hold unexpected {', '.join(extra[:3])}")
+    for key, shape in want.items():
+        t = state_dict[key]
+        got = tuple(t.shape)
+        if got != shape:
+            raise WeightsError(
+                f"{key} has shape {'x'.join(map(str, got))} but the stored architecture "
+                f"({arch.name}, {arch.num_classes} classes) needs {'x'.join(map(str, shape))}"
+            )
+        if not _is_float(t):
+            raise WeightsError(f"{key} is {t.dtype}, not floating point")
+        if not _all_finite(t):
+            raise WeightsError(
+                f"{key} holds NaN or infinite values (a diverged training run or a damaged file)"
+            )
+
+
+def _is_torch(t) -> bool:
+    return type(t).__module__.split(".")[0] == "torch"
+
+
+def _is_array(t) -> bool:
+    return isinstance(t, np.ndarray) or _is_torch(t)
+
+
+def _is_float(t) -> bool:
+    return t.is_floating_point() if _is_torch(t) else np.issubdtype(t.dtype, np.floating)
+
+
+def _all_finite(t) -> bool:
+    if _is_torch(t):
+        import torch
+
+        return bool(torch.isfinite(t).all())
+    return bool(np.isfinite(t).all())
+
+
+def _tensors(obj):
+    """numpy arrays -> torch tensors, through dicts, lists and tuples (torch tensors kept).
+    A read-only array (a view of a file) is copied; a writable one is shared."""
+    if isinstance(obj, np.ndarray):
+        import torch
+
+        return torch.from_numpy(obj if obj.flags.writeable else np.array(obj))
+    if isinstance(obj, dict):
+        return type(obj)((k, _tensors(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_tensors(v) for v in obj)
+    return obj
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def fingerprint(state_dict: dict) -> str:
+    """SHA-256 (16 hex digits) over each tensor's name, shape and bytes, in key order."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        a = t.detach().cpu().contiguous() if _is_torch(t) else np.ascontiguousarray(t)
+        h.update(key.encode())
+        h.update(str(tuple(a.shape)).encode())
+        if _is_torch(a):
+            import torch
+
+            h.update(a.view(torch.uint8).numpy().tobytes() if a.numel() else b"")
+        else:
+            h.update(a.view(np.uint8).tobytes() if a.size else b"")
+    return h.hexdigest()[:16]
+
+
+def save(ckpt: Checkpoint, path: str | os.PathLike) -> str:
+    """Write atomically (a temporary file beside it, fsync, rename); returns the fingerprint."""
+    import torch
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in _tensors(ckpt.state_dict).items()}
+    ckpt.fingerprint = fingerprint(sd)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": ckpt.arch.to_dict(),
+        "preprocess": ckpt.preprocess.to_dict(),
+        "classes": list(ckpt.classes),
+        "meta": dict(ckpt.meta),
+        "fingerprint": ckpt.fingerprint,
+        "state_dict": sd,
+        "extra": _tensors(ckpt.extra),
+    }
+    atomic_write(path, lambda f: torch.save(payload, f))
+    return ckpt.fingerprint
 
 
 def paper_preprocess() -> Preprocess:
@@ -195,6 +281,10 @@ def paper_preprocess() -> Preprocess:
 
 def init_checkpoint(num_classes: int = 1000, seed: int = 0, classes=None) -> Checkpoint:
     """An untrained, paper-initialised two-tower network."""
+    import torch
+
+    from ..net.alexnet import AlexNet
+
     if num_classes < 1:
         raise WeightsError("--classes must be at least 1")
     torch.manual_seed(seed)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..progress import Progress
 from .checkpoint import Checkpoint, save
 from .importers import import_file
 from .locations import data_dir, set_default
@@ -61,6 +62,12 @@ SOURCES = {
 }
 
 
+def source_named(name: str) -> Source:
+    if name not in SOURCES:
+        raise WeightsError(f"unknown weights {name!r}; choose from {', '.join(SOURCES)}")
+    return SOURCES[name]
+
+
 def download_path(source: Source) -> Path:
     return data_dir() / "downloads" / source.filename
 
@@ -84,12 +91,12 @@ def _offline_hint(source: Source, url: str) -> str:
     )
 
 
-def download(source: Source, progress=None, timeout: float = 10.0) -> Path:
+def download(source: Source, progress: Progress | None = None, timeout: float = 10.0) -> Path:
     """Download `source` into the data folder and verify its checksum.
 
     The bytes go to a temporary file beside the destination and are hashed as they
     come; only a file whose checksum matches is renamed into place, so a failed or
-    refused download leaves nothing behind. `progress(done, total or None)`.
+    refused download leaves nothing behind. Progress is reported in MB.
     `timeout` bounds the connection and each read, so an offline machine fails at once.
     """
     url = source.resolved_url()
@@ -104,14 +111,17 @@ def download(source: Source, progress=None, timeout: float = 10.0) -> Path:
                     total = response.headers.get("Content-Length")
                     total = int(total) if total and total.isdigit() else None
                     done = 0
+                    stage = f"downloading {source.filename} (MB)"
+                    mb = 1 << 20
+                    total_mb = -(-total // mb) if total else None
                     if progress:
-                        progress(done, total)
+                        progress(stage, 0, total_mb)
                     while chunk := response.read(1 << 20):
                         f.write(chunk)
                         h.update(chunk)
                         done += len(chunk)
                         if progress:
-                            progress(done, total)
+                            progress(stage, done // mb, total_mb)
             except urllib.error.HTTPError as e:
                 raise WeightsError(
                     f"cannot download {url}: HTTP {e.code} {e.reason}; "
@@ -137,7 +147,9 @@ def download(source: Source, progress=None, timeout: float = 10.0) -> Path:
     return dest
 
 
-def fetch(source: Source, progress=None, timeout: float = 10.0) -> tuple[Path, Checkpoint]:
+def fetch(
+    source: Source, progress: Progress | None = None, timeout: float = 10.0
+) -> tuple[Path, Checkpoint]:
     """Download (unless already there and intact), verify, import, make it the default.
 
     Returns the checkpoint's path and the checkpoint.

@@ -20,7 +20,7 @@ from ..errors import WeightsError
 from ..images.preprocess import Preprocess
 from ..net.arch import CAFFE, TORCHVISION, expected_shapes
 from . import caffemodel
-from .checkpoint import FORMAT, Checkpoint, check_fits
+from .checkpoint import FORMAT, Checkpoint, check_fits, save
 
 # Caffe's ILSVRC-2012 mean, (B, G, R) on 0..255: the per-channel average of
 # ilsvrc_2012_mean.binaryproto, as Caffe's own examples use it.
@@ -77,6 +77,18 @@ def import_file(
     return ckpt
 
 
+def import_to(file, out=None, mean=None, labels=None) -> tuple[Path, Checkpoint]:
+    """`alexsearch weights import`: import FILE and write the checkpoint to `out`
+    (default: beside FILE as .ckpt, never over FILE). Returns (path, checkpoint)."""
+    file = Path(file)
+    target = Path(out) if out is not None else default_out(file)
+    if target.resolve() == file.resolve():
+        raise WeightsError(f"--out {target} is the file being imported; choose another path")
+    ckpt = import_file(file, mean, labels)
+    save(ckpt, target)
+    return target, ckpt
+
+
 def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = None):
     """bvlc_alexnet (V1 or V2 layout) -> Checkpoint with the CAFFE architecture."""
     path = Path(path)
@@ -110,7 +122,7 @@ def import_caffemodel(path: str | os.PathLike, mean: str | os.PathLike | None = 
         for blob, part in zip(layer.blobs, ("weight", "bias"), strict=True):
             key = f"{name}.{part}"
             # Check the shape (a header) before copying anything out of the file.
-            state[key] = _tensor(_fit(blob, want[key], f"{path}: {key}"))
+            state[key] = _fit(blob, want[key], f"{path}: {key}")
     check_fits(arch, state)
     pre = Preprocess(
         input_size=arch.input_size,
@@ -138,12 +150,6 @@ def _fit(blob: caffemodel.Blob, want: tuple[int, ...], where: str):
             f"{'x'.join(map(str, want))} (is this bvlc_alexnet?)"
         )
     return blob.array().reshape(want)
-
-
-def _tensor(array):
-    import torch
-
-    return torch.from_numpy(array)
 
 
 def _caffe_mean(path: str | os.PathLike) -> list:

@@ -25,18 +25,12 @@ from harness import (
 )
 from PIL import Image
 
-from alexsearch.index import search
-from alexsearch.index.extract import extract_one
+import alexsearch
 from alexsearch.weights import checkpoint
 
 # Full-size paper network (kills land in its 230 MB load too) / a narrow one (cheap runs).
 TRIALS_FULL, TRIALS_NARROW = 4, 16
 INDEX_OPTS = ("--workers", "0", "--batch-size", "2", "--commit-every", "2")
-
-
-def load_model(path):
-    ckpt = checkpoint.load(path)
-    return ckpt.build("cpu"), ckpt.preprocess
 
 
 def rows_of(ix):
@@ -61,7 +55,7 @@ def learn(expected, ix):
         expected[(p, s, m)] = v
 
 
-def check_after_kill(fs, env, ix, model, expected, before, tree):
+def check_after_kill(fs, env, ix, weights, expected, before, tree):
     """The invariants of a killed run; returns how many committed rows were lost."""
     assert count_rows(ix / "catalogue.sqlite") >= 0  # opens
     rows = rows_of(ix) if (ix / "catalogue.sqlite").exists() else {}
@@ -75,22 +69,27 @@ def check_after_kill(fs, env, ix, model, expected, before, tree):
         want = expected[(p, s, m)]
         if st == "ok":  # the vector is whole and right (not torn, not from another file)
             assert want is not None and np.allclose(v, want, rtol=1e-3, atol=1e-3), p
+    committed_ok = sum(1 for v in rows.values() if v[2] == "ok")
     if not (ix / "manifest.json").exists():
         r = fs.run("info", "--index", ix, "--json", env=env)
-        started = (ix / "catalogue.sqlite").exists()
-        one_line_error(r, "not complete yet" if started else "no index at")
+        if not (ix / "catalogue.sqlite").exists():
+            one_line_error(r, "no index at")
+            return lost
+        # killed before its first publish: info says how far it got; query refuses
+        info = ok(r).json()
+        assert info["published"] is False and info["files"] == committed_ok
+        r = fs.run("query", sorted(tree)[0], "--index", ix, env=env)
+        one_line_error(r, "not complete yet")
         return lost
     r = ok(fs.run("info", "--index", ix, "--json", env=env))
     info = r.json()
-    assert info["files"] == sum(1 for v in rows.values() if v[2] == "ok")
+    assert info["published"] is True and info["files"] == committed_ok
     # the published snapshot answers, and its ids still map to the right files
-    s = search.Searcher(ix)
-    try:
+    with alexsearch.open_index(ix, weights=weights) as index:
         q = sorted(tree)[0]
-        embed = lambda p: extract_one(model[0], model[1], p, 100)  # noqa: E731
-        res = search.query(s, embed, [q], k=3, include_self=True)[0]
+        res = index.query(q, k=3, include_self=True)[0]
         assert not res.error
-        published = s.index.ntotal
+        published = json.loads((ix / "manifest.json").read_text())["counts"]["ok"]
         # ids of files a later (killed) run deleted are left out: one file is deleted here
         assert min(3, published) - 1 <= len(res.hits) <= min(3, published)
         qv = expected[(q, *tree[q])]
@@ -103,8 +102,6 @@ def check_after_kill(fs, env, ix, model, expected, before, tree):
                 if p == h.path and v is not None
             ]
             assert any(abs(d - h.distance) < 1e-2 * max(1, d) for d in dists), h
-    finally:
-        s.close()
     return lost
 
 
@@ -126,7 +123,7 @@ def snapshot_tree(root):
     return tree
 
 
-def run_chain(fs, env, ix, tree_root, model, expected, rng, trials):
+def run_chain(fs, env, ix, tree_root, weights, expected, rng, trials):
     """`trials` kill -9s of successive runs on ix, checked; then a run that finishes."""
     tree = snapshot_tree(tree_root)
     total = len(tree)
@@ -155,7 +152,7 @@ def run_chain(fs, env, ix, tree_root, model, expected, rng, trials):
         r = child.wait()
         FIGURES["kill_trials_mid_run"] += r.returncode == -9
         assert r.returncode in (0, -9), (moment, r.stderr)
-        lost = check_after_kill(fs, env, ix, model, expected, before, tree)
+        lost = check_after_kill(fs, env, ix, weights, expected, before, tree)
         FIGURES["data_lost"] += lost
         assert lost == 0, f"killed {moment}: {lost} committed rows lost"
     # a rerun finishes the work, redoing nothing that was committed and unchanged
@@ -176,16 +173,14 @@ def run_chain(fs, env, ix, tree_root, model, expected, rng, trials):
 
 
 def test_kill_index_from_nothing(fs, env, photos, init_ckpt, tmp_path):
-    model = load_model(init_ckpt)
     rng = random.Random(1)
     tree = tmp_path / "p"
     shutil.copytree(photos, tree)
     expected = {}
-    run_chain(fs, env, tmp_path / "ix", tree, model, expected, rng, TRIALS_FULL)
+    run_chain(fs, env, tmp_path / "ix", tree, init_ckpt, expected, rng, TRIALS_FULL)
 
 
 def test_kill_incremental_index_with_adds_deletes_changes(fs, env, photos, tiny_ckpt, tmp_path):
-    model = load_model(tiny_ckpt)
     env = {**env, "ALEXSEARCH_WEIGHTS": str(tiny_ckpt)}
     rng = random.Random(2)
     tree = tmp_path / "p"
@@ -200,7 +195,7 @@ def test_kill_incremental_index_with_adds_deletes_changes(fs, env, photos, tiny_
         shutil.copytree(photos / name, tree / name)
     (tree / "red_circles" / "000.jpg").unlink()
     Image.new("RGB", (80, 60), (5, 250, 5)).save(tree / "blue_squares" / "001.jpg")
-    run_chain(fs, env, ix, tree, model, expected, rng, TRIALS_NARROW)
+    run_chain(fs, env, ix, tree, tiny_ckpt, expected, rng, TRIALS_NARROW)
 
 
 def _train_state(run_dir):

@@ -1,0 +1,278 @@
+"""The public Python API, the one every front end calls (the CLI, a server, a notebook).
+
+    import alexsearch
+
+    summary = alexsearch.build_index(["photos"], index="indexes/photos", weights="net.ckpt")
+    with alexsearch.open_index("indexes/photos") as ix:
+        for hit in ix.query(["cat.jpg"], k=6)[0].hits:
+            print(hit.rank, hit.distance, hit.path)
+
+Which weights: `weights=`, else $ALEXSEARCH_WEIGHTS, else (for a query) the weights the
+index records, else those `alexsearch weights fetch` made the default. Weights or
+preprocessing other than the index's are refused. On the CPU a query runs the network
+on numpy and never imports torch; `import alexsearch` imports neither torch nor FAISS.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import IndexError_, UserError
+from .images.decode import ImageError
+from .images.files import DEFAULT_MAX_MEGAPIXELS
+from .index import info, manifest
+from .index.build import IndexSummary
+from .index.search import QueryResult, Snapshot
+from .progress import Progress
+
+ImageLike = str | os.PathLike | bytes  # a file, or the bytes of one
+
+
+def build_index(
+    paths,
+    index: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str = "auto",
+    kind: str = "flat",
+    progress: Progress | None = None,
+    *,
+    max_memory: int | str | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    exclude: list[str] = (),
+    hidden: bool = False,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    wait: bool = False,
+    commit_every: int = 256,
+) -> IndexSummary:
+    """Index photos (folders, searched recursively, or files) into `index` (default
+    indexes/default): what `alexsearch index` runs. Incremental: only new and changed
+    files are extracted. Returns the summary `index --json` prints.
+
+    max_memory: the budget of kind="auto" in bytes, or a size such as "4G". progress:
+    called as progress("extracting", done, total, img_per_s=...)."""
+    from .index import build
+
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    return build.run(
+        [Path(p) for p in paths],
+        manifest.resolve_dir(index),
+        weights,
+        device=device,
+        kind=kind,
+        max_memory=parse_bytes(max_memory),
+        batch_size=batch_size,
+        workers=workers,
+        exclude=list(exclude),
+        hidden=hidden,
+        max_megapixels=max_megapixels,
+        wait=wait,
+        progress=progress,
+        commit_every=commit_every,
+    )
+
+
+def build_codes(
+    index: str | os.PathLike | None = None,
+    bits: int | None = None,
+    epochs: int = 50,
+    seed: int = 0,
+    autoencoder: str | os.PathLike | None = None,
+    wait: bool = False,
+    progress: Progress | None = None,
+):
+    """Binary codes for an index (what `alexsearch codes` runs): train the paper's deep
+    autoencoder on its fc7 vectors (or use a saved one), encode every vector, publish a
+    Hamming index. bits: 256 when training; a given autoencoder's own otherwise (a
+    different explicit `bits` is refused). Returns the summary `codes --json` prints."""
+    from .index import codes
+
+    ae = Path(autoencoder) if autoencoder is not None else None
+    return codes.build(index, bits, epochs, seed, ae, wait, progress)
+
+
+def open_index(
+    index: str | os.PathLike | None = None,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+) -> Index:
+    """An index to query and describe (read-only). Raises IndexError_ when there is none
+    at `index` (default indexes/default)."""
+    return Index(index, weights, device, max_megapixels)
+
+
+class Index:
+    """An index opened for reading. Each query answers from the latest published
+    generation (a writer publishing meanwhile is picked up, never seen half-written);
+    the network is loaded at the first query by image and kept."""
+
+    def __init__(self, index, weights=None, device="cpu", max_megapixels=DEFAULT_MAX_MEGAPIXELS):
+        self.dir = manifest.resolve_dir(index)
+        self._named = index is not None
+        self._weights = weights
+        self._device = device
+        self._max_megapixels = max_megapixels
+        self._snapshot: Snapshot | None = None
+        self._embedder = None
+        if manifest.read_manifest(self.dir) is None and not self._catalogue_exists():
+            raise IndexError_(manifest.no_index(self.dir, self._named))
+
+    # -- reading
+
+    def info(self) -> dict:
+        """What `alexsearch info --index --json` prints: files, failures with reasons,
+        weights, geometry, kind, codes, bytes on disk; `published` False (and a note)
+        while the first indexing run has not finished."""
+        return info.describe(self.dir, self._named)
+
+    def query(
+        self,
+        images: list[ImageLike] | ImageLike,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int | None = None,
+        include_self: bool = False,
+    ) -> list[QueryResult]:
+        """The k nearest indexed photos of each image, nearest first: one QueryResult per
+        image (its `to_dict()` is what `query --json` prints). An image that cannot be
+        read gets an `error` instead of hits. An image that is itself in the index is
+        left out of its own results unless `include_self`.
+
+        binary: Hamming k-NN over the binary codes (`alexsearch codes`); rerank=N: a
+        Hamming shortlist of N re-ranked by exact fc7 distance."""
+        if isinstance(images, (str, os.PathLike, bytes)):
+            images = [images]
+        if k < 1:
+            raise UserError("--k must be at least 1")
+        rerank = rerank or 0
+        if rerank and rerank < k:
+            raise UserError(f"--rerank {rerank} must be at least --k {k}")
+        snap = self._current()
+        if binary or rerank:
+            snap.open_codes()  # before the network: no codes -> say so at once
+        embedder = self._embedder_for(snap)
+        results, vecs, exclude, searched = [], [], [], []
+        for img in images:
+            if isinstance(img, bytes):
+                res, source = QueryResult(query=""), io.BytesIO(img)
+            else:
+                res = QueryResult(query=os.path.abspath(img))
+                source = res.query
+            results.append(res)
+            try:
+                vecs.append(embedder.embed(source))
+            except ImageError as e:
+                res.error = str(e)
+                continue
+            own = None if include_self or not res.query else snap.catalogue.id_of(res.query)
+            exclude.append(own)
+            searched.append(res)
+        if vecs:
+            if binary or rerank:
+                found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
+            else:
+                found = snap.search(np.stack(vecs), k, exclude)
+            for res, hits in zip(searched, found, strict=True):
+                res.hits = hits
+        return results
+
+    def path(self, file_id: int) -> str:
+        """The path of catalogue id `file_id` (IndexError_ if the index has no such file)."""
+        return self._row(file_id)[0]
+
+    def thumbnail(self, file_id: int):
+        """The stored 32x32 thumbnail of `file_id` as a PIL image (what indexing saw)."""
+        from PIL import Image
+
+        thumb = self._row(file_id)[1]
+        if not thumb:
+            raise IndexError_(f"{self.dir}: file {file_id} has no thumbnail (it failed)")
+        side = int(round((len(thumb) / 3) ** 0.5))
+        return Image.frombytes("RGB", (side, side), thumb)
+
+    def vector(self, file_id: int) -> np.ndarray:
+        """The fc7 vector (float32, 4096) the index holds for `file_id`."""
+        vec = self._current().catalogue.vector_of(int(file_id))
+        if vec is None:
+            raise IndexError_(f"{self.dir}: no indexed file with id {file_id}")
+        return vec
+
+    def close(self) -> None:
+        if self._snapshot is not None:
+            self._snapshot.close()
+            self._snapshot = None
+
+    def __enter__(self) -> Index:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- behind the API
+
+    def _catalogue_exists(self) -> bool:
+        return (self.dir / "catalogue.sqlite").exists()
+
+    def _current(self) -> Snapshot:
+        """The snapshot of the latest published generation (reopened after a publish)."""
+        published = manifest.read_manifest(self.dir)
+        if published is None:
+            if self._catalogue_exists():
+                raise IndexError_(manifest.not_published(self.dir))
+            raise IndexError_(manifest.no_index(self.dir, self._named))
+        if self._snapshot is None or published.generation != self._snapshot.manifest.generation:
+            fresh = Snapshot(self.dir)
+            self.close()
+            self._snapshot = fresh
+            if self._embedder is not None:
+                self._check(self._embedder)
+        return self._snapshot
+
+    def _embedder_for(self, snap: Snapshot):
+        if self._embedder is None:
+            from .index.embed import open_embedder
+            from .weights import locations
+
+            path = locations.resolve(self._weights, snap.manifest.model.weights or None)
+            embedder = open_embedder(path, self._device, self._max_megapixels)
+            self._check(embedder)
+            self._embedder = embedder
+        return self._embedder
+
+    def _check(self, embedder) -> None:
+        snap = self._snapshot
+        fix = "query with the index's weights or rebuild the index"
+        manifest.check_model(
+            self.dir,
+            snap.manifest,
+            embedder.fingerprint,
+            embedder.preprocess,
+            embedder.weights,
+            fix,
+        )
+
+    def _row(self, file_id: int) -> tuple[str, bytes]:
+        row = self._current().catalogue.path_and_thumb(int(file_id))
+        if row is None:
+            raise IndexError_(f"{self.dir}: no indexed file with id {file_id}")
+        return row
+
+
+def parse_bytes(size: int | str | None) -> int | None:
+    """512M, 4G, 1.5T or a plain number of bytes -> bytes (None stays None)."""
+    if size is None or isinstance(size, int):
+        return size
+    units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    t = size.strip().lower().rstrip("b")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise UserError(f"--max-memory {size!r}: expected a size like 512M or 4G") from None

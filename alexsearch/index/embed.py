@@ -1,0 +1,69 @@
+"""One query image to fc7, as indexing computed it, with the identity of the weights.
+
+On the CPU the network runs on numpy (net/numpy_net.py) whenever the checkpoint is one
+that path reads, so a query never imports torch (~2.5 s on a 2-core machine); on a GPU,
+or for a checkpoint the numpy reader leaves to torch, it runs on torch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from ..images.files import DEFAULT_MAX_MEGAPIXELS
+from ..images.preprocess import Preprocess
+
+ImageSource = str | os.PathLike | BinaryIO  # a path, or an open binary file
+
+
+@dataclass
+class Embedder:
+    """fc7 of one image (`embed` raises images.decode.ImageError for an unusable one)."""
+
+    embed: Callable[[ImageSource], np.ndarray]
+    fingerprint: str
+    preprocess: Preprocess
+    weights: Path  # resolved
+    backend: str  # "numpy" or "torch"
+
+
+def open_embedder(
+    weights: Path, device: str = "cpu", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+) -> Embedder:
+    """The embedder of the checkpoint at `weights` (already resolved) on `device`."""
+    weights = Path(weights)
+    if str(device).strip().lower() == "cpu":
+        from ..net.numpy_net import NumpyNet
+        from ..weights import checkpoint
+        from ..weights.checkpoint_file import Unsupported
+
+        try:  # a damaged or malformed file stops here with its one-line reason
+            net = NumpyNet.of(checkpoint.read(weights))
+        except Unsupported:  # beyond the torch-free reader: torch's loader takes it
+            net = None
+        if net is not None:
+            return Embedder(
+                lambda src: net.embed(src, max_megapixels),
+                net.fingerprint,
+                net.preprocess,
+                weights.resolve(),
+                "numpy",
+            )
+    from ..net.devices import resolve_device
+    from ..weights import checkpoint
+    from .extract import extract_one
+
+    dev = resolve_device(device)
+    ckpt = checkpoint.load(weights)
+    model = ckpt.build(dev)
+    pre = ckpt.preprocess
+
+    def embed(src: ImageSource) -> np.ndarray:
+        return extract_one(model, pre, src, max_megapixels, dev)
+
+    return Embedder(embed, ckpt.fingerprint, pre, weights.resolve(), "torch")
