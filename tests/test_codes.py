@@ -137,8 +137,10 @@ def test_query_binary_and_rerank(built, env):
     rr = json.loads(cli(*args, "--k", "5", "--rerank", "50", env=env).stdout)[0]["neighbours"]
     assert [h["path"] for h in rr] == [h["path"] for h in exact]
     assert [h["distance"] for h in rr] == pytest.approx([h["distance"] for h in exact], rel=1e-4)
-    table = cli("query", q, "--index", ix, "--binary", env={**env, "COLUMNS": "300"}).stdout
-    assert "Hamming bits" in table
+    tty = {**env, "COLUMNS": "300", "TTY_COMPATIBLE": "1", "NO_COLOR": "1"}
+    assert "Hamming bits" in cli("query", q, "--index", ix, "--binary", env=tty).stdout
+    reranked = cli("query", q, "--index", ix, "--rerank", "50", env=tty).stdout
+    assert "Hamming bits" not in reranked and "distance" in reranked  # re-ranked: fc7 L2
     one_line_error(cli(*args, "--rerank", "3", "--k", "6", env=env, check=False), "--rerank 3")
 
 

@@ -470,8 +470,9 @@ def test_fetch_downloads_verifies_imports_and_becomes_the_default(
     with pytest.raises(errors.WeightsError, match="no weights given"):
         locations.resolve(None)
     seen = []
-    path, ckpt = fetch.fetch(src, lambda done, total: seen.append((done, total)))
-    assert seen[-1] == (pth.stat().st_size, pth.stat().st_size)
+    path, ckpt = fetch.fetch(src, lambda *a, **figures: seen.append(a))
+    mb = -(-pth.stat().st_size // 2**20)
+    assert seen[0] == ("downloading a.pth (MB)", 0, mb) and seen[-1] == (seen[0][0], mb, mb)
     assert path == tmp_path / "home" / "weights" / "tvtest.ckpt"
     assert checkpoint.load(path).fingerprint == ckpt.fingerprint
     assert ckpt.meta["sha256"] == digest[:8]

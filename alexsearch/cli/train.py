@@ -50,8 +50,6 @@ def train(
         "compile": compile_,
     }
     cfg = config.settings(data_dir, val, out_dir, resume, given)
-    if resume is not None and not as_json:
-        err.print(f"resuming {resume}", highlight=False)
     with RichProgress(keep=("epochs",)) as progress:
         result = loop.run(cfg, None if as_json else progress, resume=resume is not None)
     if result.rank != 0:  # under torchrun the first process speaks for all

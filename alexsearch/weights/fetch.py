@@ -121,7 +121,7 @@ def download(source: Source, progress: Progress | None = None, timeout: float = 
                         h.update(chunk)
                         done += len(chunk)
                         if progress:
-                            progress(stage, done // mb, total_mb)
+                            progress(stage, -(-done // mb), total_mb)
             except urllib.error.HTTPError as e:
                 raise WeightsError(
                     f"cannot download {url}: HTTP {e.code} {e.reason}; "
