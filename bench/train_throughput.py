@@ -30,7 +30,7 @@ from alexsearch.data import loader  # noqa: E402
 from alexsearch.images import folders, preprocess  # noqa: E402
 from alexsearch.net.alexnet import AlexNet  # noqa: E402
 from alexsearch.net.arch import ArchConfig  # noqa: E402
-from alexsearch.train import loop, plan, sgd  # noqa: E402
+from alexsearch.train import inputs, plan, sgd  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
@@ -71,7 +71,7 @@ def ours_step(device, compile_, classes, pre):
 
     def step(batch):
         u8, labels = batch[0], batch[1]
-        x = loop.augment(u8, pre, gen, 0.1, device)
+        x = inputs.augment(u8, pre, gen, 0.1, device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast():

@@ -91,15 +91,17 @@ def test_paper_update_matches_hand_computation_across_lr_drop():
 
 
 def test_plateau_schedule_divides_lr_by_10_after_patience_epochs_without_progress():
-    state = {"lr": 0.01, "best": None, "best_epoch": None, "since_best": 0}
+    from alexsearch.train.state import TrainState
+
+    state = TrainState(lr=0.01)
     errors = [0.9, 0.8, 0.8, 0.85, 0.7, 0.7, 0.7, 0.7, 0.7]
     lrs, bests = [], []
     for epoch, err in enumerate(errors, 1):
         bests.append(sgd.plateau_step(state, epoch, err, patience=2, drop=10))
-        lrs.append(state["lr"])
+        lrs.append(state.lr)
     assert bests == [True, True, False, False, True, False, False, False, False]
     assert lrs == pytest.approx([1e-2, 1e-2, 1e-2, 1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
-    assert state["best"] == 0.7 and state["best_epoch"] == 5
+    assert state.best == 0.7 and state.best_epoch == 5
 
 
 # --------------------------------------------------------------------------- learning

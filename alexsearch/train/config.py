@@ -1,5 +1,8 @@
 """The settings of a training run (run.json), where its data and its folder are, and which
-settings a resumed run may change."""
+settings a resumed run may change.
+
+Does not import torch.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Where a training run computes: one device, two devices (a tower each), or one process
-per device under torchrun (DistributedDataParallel); and its bf16 autocast on CUDA."""
+per device under torchrun (DistributedDataParallel); and its bf16 autocast on CUDA.
+
+Imports torch.
+"""
 
 from __future__ import annotations
 

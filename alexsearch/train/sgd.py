@@ -1,9 +1,14 @@
 """The paper's optimisation: its own SGD update with momentum and weight decay, and the
-plateau schedule (divide the learning rate by 10 when validation error stops improving)."""
+plateau schedule (divide the learning rate by 10 when validation error stops improving).
+
+Imports torch.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from .state import TrainState
 
 
 class PaperSGD(torch.optim.Optimizer):
@@ -40,15 +45,15 @@ class PaperSGD(torch.optim.Optimizer):
         return loss
 
 
-def plateau_step(state: dict, epoch: int, val_err: float, patience: int, drop: float) -> bool:
+def plateau_step(state: TrainState, epoch: int, val_err: float, patience: int, drop: float) -> bool:
     """The paper's schedule: divide lr by `drop` once the validation error has not improved
     for `patience` epochs. Updates `state` (lr, best, best_epoch, since_best); returns
     whether this epoch is the best so far."""
-    if state["best"] is None or val_err < state["best"]:
-        state.update(best=val_err, best_epoch=epoch, since_best=0)
+    if state.best is None or val_err < state.best:
+        state.best, state.best_epoch, state.since_best = val_err, epoch, 0
         return True
-    state["since_best"] += 1
-    if state["since_best"] >= patience:
-        state["lr"] /= drop
-        state["since_best"] = 0
+    state.since_best += 1
+    if state.since_best >= patience:
+        state.lr /= drop
+        state.since_best = 0
     return False

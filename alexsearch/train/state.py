@@ -1,14 +1,41 @@
-"""What a run saves to resume exactly: the random generators' states, the per-epoch seed,
-and the optimizer's velocity in the one-device layout whichever plan ran."""
+"""What a run saves to resume exactly: the schedule's state (TrainState), the random
+generators' states, the per-epoch seed, and the optimizer's velocity in the one-device
+layout whichever plan ran.
+
+Imports torch.
+"""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
 
 from ..net.alexnet import to_grouped, to_towers
+
+
+@dataclass(kw_only=True)
+class TrainState:
+    """Where a run stands after `epoch` epochs; checkpoints keep it as last.ckpt's
+    extra["train"], beside the velocity and the RNG states."""
+
+    epoch: int = 0  # epochs done
+    lr: float  # the learning rate of the next epoch
+    best: float | None = None  # the best val top-1 error so far
+    best_epoch: int | None = None
+    since_best: int = 0  # epochs since best, or since the last lr drop
+    history: list[dict] = field(default_factory=list)  # the metrics rows, one per epoch
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # unreadable (path, reason)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainState:
+        """The state in a checkpoint's extra["train"] (its other keys are not state)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls)})
 
 
 def plan_to_grouped(named: dict, two_towers: bool) -> dict:
