@@ -312,6 +312,7 @@ def test_unreadable_images_are_skipped_counted_and_the_run_is_never_lost(tiny, t
     r = cli("train", "--data", data_dir, "--out", run_dir, *QUICK)
     assert r.returncode == 0, r.stderr
     assert re.search(r"skipped images\W+2\b", r.stdout) and "broken.jpg" in r.stderr
+    assert re.search(r"^epochs 1/1: lr 0.01 · train loss [0-9.]+", r.stderr, re.M)  # the record
     r = cli("train", "--resume", run_dir, "--epochs", "2", "--json")  # one epoch more
     assert r.returncode == 0, r.stderr
     assert [row["epoch"] for row in metric_rows(run_dir)] == [1, 2]

@@ -88,7 +88,8 @@ class RichProgress:
         self.bar.update(self.tasks[stage], completed=done, total=total, figures=text)
         if stage in self.keep:
             count = f"{done}/{total}" if total else str(done)
-            self.bar.console.print(f"{stage} {count}: {text}", highlight=False)
+            line = f"{stage} {count}" + (f": {text}" if text else "")
+            self.bar.console.print(line, highlight=False)
 
     def __enter__(self) -> RichProgress:
         return self

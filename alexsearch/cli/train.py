@@ -50,7 +50,7 @@ def train(
         "compile": compile_,
     }
     cfg = config.settings(data_dir, val, out_dir, resume, given)
-    with RichProgress(keep=("epochs",)) as progress:
+    with RichProgress(keep=("epochs", "resumed after epoch")) as progress:
         result = loop.run(cfg, None if as_json else progress, resume=resume is not None)
     if result.rank != 0:  # under torchrun the first process speaks for all
         return

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..atomic import atomic_write
 from ..progress import Progress, silent
-from ..weights import checkpoint as weights
+from ..weights import checkpoint
 from .config import TrainConfig, TrainError
 from .epoch import train_one_epoch, validate
 from .plan import Plan, setup_plan
@@ -62,8 +62,8 @@ class TrainResult:
 def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False) -> TrainResult:
     """Train (or continue, with resume=True and cfg.out the run folder) and return a summary.
 
-    progress: "mean & PCA" (images), "epoch E/N" (batches, with lr, loss and img_per_s),
-    then "epochs" (epochs done, with the epoch's metrics row as figures)."""
+    progress: "mean & PCA" (images), or "resumed after epoch"; then "epoch E/N" (batches,
+    with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures)."""
     t_start = time.perf_counter()
     plan = setup_plan(cfg.device)
     report = progress if progress is not None and plan.main else silent
@@ -71,6 +71,7 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
     if resume and plan.main:
         # last.ckpt's history is the record: a kill may have come before metrics.jsonl
         write_metrics(r.run_dir, r.state.history)
+        report("resumed after epoch", r.state.epoch, cfg.epochs)
     state = r.state
     while state.epoch < cfg.epochs:
         epoch = state.epoch + 1
@@ -115,8 +116,8 @@ def save(run: Run, plan: Plan, cfg: TrainConfig, improved: bool) -> None:
     }
     classes = list(run.classes)
     if improved:
-        best = weights.Checkpoint(run.arch, run.pre, sd, classes, dict(meta))
-        weights.save(best, run.run_dir / "best.ckpt")
+        best = checkpoint.Checkpoint(run.arch, run.pre, sd, classes, dict(meta))
+        checkpoint.save(best, run.run_dir / "best.ckpt")
     velocity = {
         name: run.opt.state[p]["velocity"]
         for name, p in run.params.items()
@@ -127,8 +128,8 @@ def save(run: Run, plan: Plan, cfg: TrainConfig, improved: bool) -> None:
         "velocity": plan_to_grouped(velocity, plan.two_towers),
         "rng": rng_state(),
     }
-    last = weights.Checkpoint(run.arch, run.pre, sd, classes, meta, extra={"train": train})
-    weights.save(last, run.run_dir / "last.ckpt")
+    last = checkpoint.Checkpoint(run.arch, run.pre, sd, classes, meta, extra={"train": train})
+    checkpoint.save(last, run.run_dir / "last.ckpt")
     write_metrics(run.run_dir, state.history)
 
 
@@ -144,7 +145,7 @@ def _weights(run: Run, plan: Plan) -> dict:
 
 
 def _result(run: Run, plan: Plan, t_start: float) -> TrainResult:
-    final = weights.fingerprint(_weights(run, plan))
+    final = checkpoint.fingerprint(_weights(run, plan))
     prints = [final]
     if plan.world > 1:  # every replica says what it holds, so a divergence is visible
         import torch.distributed as dist

@@ -21,7 +21,7 @@ from ..images.preprocess import Preprocess
 from ..net.alexnet import AlexNet, TwoDeviceAlexNet
 from ..net.arch import ArchConfig
 from ..progress import Progress
-from ..weights import checkpoint as weights
+from ..weights import checkpoint
 from .config import TrainConfig, TrainError, default_run_dir, find_splits
 from .inputs import rgb_statistics
 from .plan import Plan, autocast_for
@@ -77,7 +77,7 @@ def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bo
     val_samples = [(p, index[val_classes[y]]) for p, y in val_samples]
 
     if resume:
-        ckpt = weights.load(run_dir / "last.ckpt")
+        ckpt = checkpoint.load(run_dir / "last.ckpt")
         if ckpt.classes != classes:
             raise TrainError(f"{train_dir}: its classes differ from those of the run in {run_dir}")
         saved = ckpt.extra.get("train")
