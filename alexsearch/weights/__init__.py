@@ -1,8 +1,9 @@
-"""Network weights on disk: the checkpoint file (`checkpoint`: one reader and validator,
-weights + architecture + preprocessing + class names + fingerprint), its zip read
-without torch (`checkpoint_file`), Caffe's and torchvision's published files
-(`caffemodel`, `importers`), downloading them (`fetch`), and which weights a command
-uses (`locations`).
+"""Network weights on disk: the checkpoint (`checkpoint`: one reader and validator for
+weights + architecture + preprocessing + class names + fingerprint; `checkpoint_file`,
+its zip read without torch), Caffe's and torchvision's published files (`caffemodel`,
+`importers`), downloading them (`fetch`), and which weights a command uses
+(`locations`).
 
-`checkpoint_file`, `caffemodel` and `locations` never import torch.
+Reading a checkpoint and importing a caffemodel need no torch; writing a checkpoint,
+making torch tensors (`checkpoint.load`) and importing a torchvision .pth import it.
 """
