@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 SAFETY_TIMEOUT = 900  # a net against hangs, never an assertion on speed
+MAX_RSS_BYTES = 3 * 1024**3  # the cap on a run's peak resident set, where it was measured
 
 
 def cli(*args, env=None, check=True, cwd=None) -> subprocess.CompletedProcess:
@@ -43,13 +44,23 @@ def run_in_process(capsys, *args, check=True) -> subprocess.CompletedProcess:
     return r
 
 
+def no_traceback(r) -> None:
+    """No traceback and no internal error on stderr; a run that measured its peak resident
+    set (tests/robustness's Run, `max_rss`) stayed under MAX_RSS_BYTES."""
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr, r.stderr
+    max_rss = getattr(r, "max_rss", None)
+    if max_rss is not None:
+        assert max_rss < MAX_RSS_BYTES, f"peak RSS {max_rss / 2**30:.1f} GiB: {r.args}"
+
+
 def one_line_error(r, *fragments, code: int = 2) -> str:
     """A refused command: exit `code` (2: bad input, UserError; 1: the environment, such
-    as a full disk), one line on stderr holding every fragment, no traceback."""
+    as a full disk; 130: Ctrl-C), one line on stderr holding every fragment, no traceback
+    (see no_traceback). Returns the line."""
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    no_traceback(r)
+    lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
     for f in fragments:
-        assert f in lines[0], lines[0]
+        assert f in lines[0], (f, lines[0])
     return lines[0]

@@ -4,17 +4,14 @@ and the index hook that keeps codes current (CLI, as a user runs them)."""
 import json
 import os
 import sqlite3
-import sys
 
 import numpy as np
 import pytest
+from helpers import cli, one_line_error
+from make_shapes import make
 
 from alexsearch import errors
 from alexsearch.index import autoencoder, codes
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from make_shapes import make  # noqa: E402
-from test_index import cli, one_line_error  # noqa: E402
 
 
 def clusters(n_per=25, k=4, dim=4096, seed=0):

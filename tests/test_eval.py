@@ -1,23 +1,20 @@
 """`alexsearch eval`: top-1/top-5 error, centre crop and the paper's ten-crop average."""
 
 import json
-import sys
 from functools import partial
 from pathlib import Path
 
+import helpers
 import pytest
 import torch
+from make_shapes import CLASSES, draw
 
 from alexsearch.data import crops
 from alexsearch.evaluate import classification
 from alexsearch.images import folders, preprocess
 from alexsearch.weights import checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from make_shapes import CLASSES, draw  # noqa: E402
-from test_index import cli as _cli  # noqa: E402
-
-cli = partial(_cli, check=False)
+cli = partial(helpers.cli, check=False)
 
 NAMES = list(CLASSES)  # 6 shape classes, sorted differently from their folder order below
 

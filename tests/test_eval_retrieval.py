@@ -2,19 +2,16 @@
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import cli, one_line_error
+from make_shapes import make
 
 from alexsearch.evaluate import retrieval
 from alexsearch.images.preprocess import Preprocess
 from alexsearch.index import build, catalogue, manifest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from make_shapes import make  # noqa: E402
-from test_index import cli, one_line_error  # noqa: E402
 
 KEYS = {"precision@1", "precision@6", "precision@10", "mAP"}
 

@@ -8,8 +8,6 @@ import http.server
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from dataclasses import replace
 
@@ -29,6 +27,7 @@ from caffe_proto import (
     net,
     write,
 )
+from helpers import cli, one_line_error, run_in_process
 
 from alexsearch import errors
 from alexsearch.data import crops
@@ -39,46 +38,6 @@ from alexsearch.weights import caffemodel, checkpoint, fetch, importers, locatio
 from alexsearch.weights.caffemodel import CaffemodelError
 
 CAFFE_MEAN = torch.tensor([104.007, 116.669, 122.679], dtype=torch.float64)  # B, G, R
-
-
-def cli(*args, env=None, check=True):
-    """The CLI in a fresh process (what a user runs)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
-    if check:
-        assert r.returncode == 0, r.stderr
-    return r
-
-
-def run(capsys, *args, check=True):
-    """The same CLI entry in this process: no second torch import, for the many cases."""
-    from alexsearch.cli.app import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    got = capsys.readouterr()
-    r = subprocess.CompletedProcess(args, code, got.out, got.err)
-    if check:
-        assert code == 0, got.err
-    return r
-
-
-def one_line_error(r, *fragments):
-    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +134,9 @@ def test_v1_caffemodel_computes_what_caffe_computes(caffe_files, params, images,
     assert_close(logits, ref8)
     assert (logits.argmax(1) == ref8.argmax(1)).all()
 
-    info = json.loads(run(capsys, "info", "--weights", tmp_path / "v1.ckpt", "--json").stdout)
+    info = json.loads(
+        run_in_process(capsys, "info", "--weights", tmp_path / "v1.ckpt", "--json").stdout
+    )
     assert info["architecture"] == "caffe-bvlc-alexnet" and info["towers"] == 2
     assert info["source"] == "Caffe bvlc_alexnet" and "V1" in info["format"]
     assert info["parameters"] == 60_965_224  # the paper's count
@@ -188,7 +149,7 @@ def test_v2_caffemodel_with_mean_file_and_labels(caffe_files, params, images, tm
     names = [f"thing {i}" for i in range(1000)]
     (tmp_path / "labels.txt").write_text("\n".join(names) + "\n")
     src = caffe_files / "bvlc_v2.caffemodel"
-    run(
+    run_in_process(
         capsys, "weights", "import", src, "--out", tmp_path / "v2.ckpt",
         "--mean", tmp_path / "mean.binaryproto", "--labels", tmp_path / "labels.txt",
     )  # fmt: skip
@@ -214,8 +175,10 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     from alexsearch.net import numpy_net
 
     ckpt_path = tmp_path / "v1.ckpt"
-    run(capsys, "weights", "import", caffe_files / "bvlc_v1.caffemodel", "--out", ckpt_path)
-    info = json.loads(run(capsys, "info", "--weights", ckpt_path, "--json").stdout)
+    run_in_process(
+        capsys, "weights", "import", caffe_files / "bvlc_v1.caffemodel", "--out", ckpt_path
+    )
+    info = json.loads(run_in_process(capsys, "info", "--weights", ckpt_path, "--json").stdout)
     assert info["geometry"].startswith("squash to 256x256")
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -239,7 +202,7 @@ def test_caffe_imports_squash_photos_to_256_as_bvlc_alexnet_was_trained(
     finally:
         cat.close()
     assert_close(torch.from_numpy(indexed.copy())[None], want)
-    described = json.loads(run(capsys, "info", "--index", index, "--json").stdout)
+    described = json.loads(run_in_process(capsys, "info", "--index", index, "--json").stdout)
     assert described["geometry"] == info["geometry"]
     ckpt = checkpoint.load(ckpt_path)
     got = extract.extract_one(ckpt.build(), ckpt.preprocess, str(photos / "wide.png"), 100.0)
@@ -274,7 +237,7 @@ def test_default_output_sits_beside_the_input_and_never_replaces_it(caffe_files,
     assert importers.default_out(tmp_path / "a.ckpt") == tmp_path / "a.alexsearch.ckpt"
     src = caffe_files / "bvlc_v1.caffemodel"
     before = src.stat().st_size
-    r = run(capsys, "weights", "import", src, "--out", src, check=False)
+    r = run_in_process(capsys, "weights", "import", src, "--out", src, check=False)
     one_line_error(r, "being imported")
     assert src.stat().st_size == before
 
@@ -296,7 +259,7 @@ def test_torchvision_state_dict_computes_what_torchvision_computes(
     torchvision_file, images, tmp_path, capsys
 ):
     model, src = torchvision_file
-    r = run(capsys, "weights", "import", src, "--out", tmp_path / "tv.ckpt", "--json")
+    r = run_in_process(capsys, "weights", "import", src, "--out", tmp_path / "tv.ckpt", "--json")
     assert json.loads(r.stdout)["architecture"] == "torchvision-alexnet"
     ckpt = checkpoint.load(tmp_path / "tv.ckpt")
     assert ckpt.arch == TORCHVISION and ckpt.preprocess.input_size == 224
@@ -310,23 +273,29 @@ def test_torchvision_state_dict_computes_what_torchvision_computes(
     assert_close(fc7 * 1e3, ref7 * 1e3)  # untrained torchvision init: small activations
     assert_close(logits * 1e3, ref8 * 1e3)
     assert len(ckpt.classes) == 1000 and ckpt.classes[-1] == "toilet tissue"
-    r = run(capsys, "weights", "import", tmp_path / "tv.ckpt", "--out", tmp_path / "x", check=False)
+    r = run_in_process(
+        capsys, "weights", "import", tmp_path / "tv.ckpt", "--out", tmp_path / "x", check=False
+    )
     one_line_error(r, "already an alexsearch checkpoint; use it with --weights")
-    r = run(capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False)
+    r = run_in_process(
+        capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False
+    )
     one_line_error(r, "no such labels file")
     (tmp_path / "l.txt").write_text("a\nb\n")
-    r = run(capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False)
+    r = run_in_process(
+        capsys, "weights", "import", src, "--labels", tmp_path / "l.txt", check=False
+    )
     one_line_error(r, "2 labels, but the network has 1000 classes")
-    r = run(capsys, "weights", "import", src, "--mean", tmp_path / "l.txt", check=False)
+    r = run_in_process(capsys, "weights", "import", src, "--mean", tmp_path / "l.txt", check=False)
     one_line_error(r, "--mean is for Caffe models")
 
 
 def test_other_state_dicts(torchvision_file, tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet.pth")
-    r = run(capsys, "weights", "import", tmp_path / "resnet.pth", check=False)
+    r = run_in_process(capsys, "weights", "import", tmp_path / "resnet.pth", check=False)
     one_line_error(r, "not torchvision's alexnet: unexpected 'bn1.bias")
     torch.save({1: torch.zeros(1)}, tmp_path / "odd.pth")
-    r = run(capsys, "weights", "import", tmp_path / "odd.pth", check=False)
+    r = run_in_process(capsys, "weights", "import", tmp_path / "odd.pth", check=False)
     one_line_error(r, "not a state dict")
     # another number of classes is fine (fc8 says how many); zip format as torch saves today
     sd = torchvision_file[0].state_dict()
@@ -368,7 +337,7 @@ def test_bad_caffemodels_get_one_clear_line(tmp_path, make, fragments, capsys):
     data = make(small_params())
     path = tmp_path / "bad.caffemodel"
     write(path, data if isinstance(data, list) else [data])
-    r = run(capsys, "weights", "import", path, check=False)
+    r = run_in_process(capsys, "weights", "import", path, check=False)
     one_line_error(r, str(path), *fragments)
     assert not (tmp_path / "bad.ckpt").exists()
 
@@ -437,11 +406,11 @@ def closed_port() -> int:
 def test_fetch_offline_fails_at_once_naming_the_url_and_the_place(tmp_path, capsys):
     url = f"http://127.0.0.1:{closed_port()}/bvlc_alexnet.caffemodel"
     env = {"ALEXSEARCH_HOME": str(tmp_path / "home"), "ALEXSEARCH_FETCH_URL_BVLC": url}
-    r = cli("weights", "fetch", "bvlc", env=env, check=False)
+    r = cli("weights", "fetch", "bvlc", env={**os.environ, **env}, check=False)
     want = str(tmp_path / "home" / "downloads" / "bvlc_alexnet.caffemodel")
     one_line_error(r, f"cannot download {url}", want, "weights fetch bvlc", "weights import")
     assert list((tmp_path / "home" / "downloads").iterdir()) == []
-    r = run(capsys, "weights", "fetch", "alexnet2", check=False)
+    r = run_in_process(capsys, "weights", "fetch", "alexnet2", check=False)
     one_line_error(r, "choose from bvlc, torchvision")
 
 
@@ -450,7 +419,7 @@ def test_fetch_refuses_a_wrong_checksum_and_keeps_nothing(tmp_path, server, caps
     (root / "bvlc_alexnet.caffemodel").write_bytes(b"not the published file" * 1000)
     monkeypatch.setenv("ALEXSEARCH_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("ALEXSEARCH_FETCH_URL_BVLC", f"{base}/bvlc_alexnet.caffemodel")
-    r = run(capsys, "weights", "fetch", "bvlc", check=False)
+    r = run_in_process(capsys, "weights", "fetch", "bvlc", check=False)
     one_line_error(r, "refused", "9116a64c0fbe4459d18f4bb6b56d647b63920377", "nothing was kept")
     assert list((tmp_path / "home").rglob("*")) == [tmp_path / "home" / "downloads"]
 

@@ -14,33 +14,11 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from helpers import cli, one_line_error
+from make_shapes import make
 from PIL import Image
 
 from alexsearch.index import lock, vectors
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from make_shapes import make  # noqa: E402
-
-
-def cli(*args, env=None, check=True, cwd=None):
-    """`python -m alexsearch ARGS` in a fresh process (check: a non-zero exit fails)."""
-    r = subprocess.run(
-        [sys.executable, "-m", "alexsearch", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=900,
-    )
-    if check and r.returncode != 0:
-        raise AssertionError(f"exit {r.returncode}\n{r.stdout}\n{r.stderr}")
-    return r
-
-
-def one_line_error(r, text):
-    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and text in lines[0], r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from helpers import cli
+from make_shapes import make
 from PIL import Image
 
 from alexsearch import errors
@@ -20,9 +22,6 @@ from alexsearch.net import numpy_net
 from alexsearch.net.alexnet import AlexNet
 from alexsearch.net.arch import CAFFE, PAPER, TORCHVISION, ArchConfig, expected_shapes
 from alexsearch.weights import checkpoint, checkpoint_file
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from make_shapes import make  # noqa: E402
 
 
 def trained_like(arch, seed=0):
@@ -192,9 +191,7 @@ def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt,
     )
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": str(ckpt)}
     ix = tmp_path / "ix"
-    run = [sys.executable, "-m", "alexsearch"]
-    subprocess.run([*run, "index", photos, "--index", ix, "--workers", "0"], env=env, check=True,
-                   capture_output=True)  # fmt: skip
+    cli("index", photos, "--index", ix, "--workers", "0", env=env)
     q = sorted(photos.rglob("*.jpg"))[0]
     probe = (
         "import sys, json\n"
@@ -212,8 +209,7 @@ def test_query_runs_without_importing_torch_and_answers_as_torch_does(init_ckpt,
     assert json.loads(out[-1]) == []  # no torch module was imported
     hits = json.loads("\n".join(out[:-1]))[0]["neighbours"]
     # the same query through torch (--device auto takes torch's path on any machine)
-    r = subprocess.run([*run, *args, "--device", "auto"], env=env, capture_output=True,
-                       text=True, check=True)  # fmt: skip
+    r = cli(*args, "--device", "auto", env=env)
     torch_hits = json.loads(r.stdout)[0]["neighbours"]
     assert [h["path"] for h in hits] == [h["path"] for h in torch_hits]
     for a, b in zip(hits, torch_hits, strict=True):

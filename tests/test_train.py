@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import cli as _cli
+from helpers import one_line_error
+from make_shapes import CLASSES, draw
 
 from alexsearch.data import crops, lighting
 from alexsearch.images import folders, preprocess
@@ -22,11 +25,6 @@ from alexsearch.net.arch import ArchConfig, expected_shapes
 from alexsearch.train import config, loop, sgd
 from alexsearch.viz import curves
 from alexsearch.weights import checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from make_shapes import CLASSES, draw  # noqa: E402
-from test_index import cli as _cli  # noqa: E402
-from test_index import one_line_error  # noqa: E402, F401
 
 # exit codes are asserted here, so a non-zero exit does not fail the call itself
 cli = partial(_cli, check=False)

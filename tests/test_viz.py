@@ -3,20 +3,17 @@
 import dataclasses
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import cli, one_line_error
+from make_shapes import make
 from PIL import Image
 
 from alexsearch.errors import UserError
 from alexsearch.viz import curves, draw, kernels, neighbours, tsne
 from alexsearch.weights import checkpoint
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-from make_shapes import make  # noqa: E402
-from test_index import cli, one_line_error  # noqa: E402
 
 RED, BLUE = (255, 0, 0), (0, 0, 255)
 

@@ -1,14 +1,11 @@
 """Fixtures of the fault suite; tests/conftest.py's (init_ckpt, shared_data) apply too."""
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-
-from harness import FIGURES, Forkserver, tiny_checkpoint  # noqa: E402
+from corpora import tiny_checkpoint
+from figures import FIGURES
+from processes import Forkserver
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ same properties longer.)"""
 
 import io
 
-from harness import FIGURES, photo_bytes
+from corpora import photo_bytes, tiny_network
+from figures import FIGURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,8 @@ SEEDS = {
 }
 SEEDS["PROGRESSIVE_JPEG"] = photo_bytes("JPEG", seed=9, size=(40, 30), progressive=True)
 MAX_MP = 2.0  # keeps a mutated size field from costing a big (allowed) allocation
+NET = tiny_network().eval()  # fc7 of 32: the extraction path at a millisecond a file
+PRE = preprocess.Preprocess()
 
 
 @st.composite
@@ -71,14 +74,19 @@ def test_decode_of_mutated_images_raises_only_image_error(case):
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(mutated())
 def test_extraction_worker_reports_instead_of_raising(tmp_path_factory, case):
-    """The indexer's per-file step turns any bad file into a reason, never an exception."""
+    """The indexer's extraction (extract.extract over files, as `index` runs it) turns any
+    bad file into a reason, never an exception."""
     _, raw = case
     FIGURES["fuzzed_images"] += 1
     p = tmp_path_factory.mktemp("fz") / "f.jpg"
     p.write_bytes(raw)
-    ds = extract._Files([str(p)], preprocess.Preprocess(), MAX_MP)
-    i, crop, reason, digest, thumb = ds[0]
-    assert i == 0 and digest
-    assert (crop is None) == bool(reason)
-    if crop is not None:
-        assert tuple(crop.shape) == (3, 224, 224) and len(thumb) == 32 * 32 * 3
+    batches = list(
+        extract.extract(NET, PRE, [str(p)], batch_size=1, workers=0, max_megapixels=MAX_MP)
+    )
+    assert len(batches) == 1 and len(batches[0]) == 1
+    got = batches[0][0]
+    assert got.path == str(p) and got.digest
+    assert (got.vector is None) == bool(got.reason)
+    assert "\n" not in got.reason
+    if got.vector is not None:  # the network took the crop: it was 3 x 224 x 224
+        assert got.vector.shape == (32,) and len(got.thumb) == 32 * 32 * 3

@@ -7,15 +7,11 @@ import sqlite3
 import unicodedata
 
 import pytest
-from harness import (
-    FIGURES,
-    bad_checkpoints,
-    bad_images,
-    cli,
-    no_traceback,
-    ok,
-    one_line_error,
-)
+from caffe_proto import bvlc_net, bvlc_params, write
+from corpora import bad_checkpoints, bad_images, photo_bytes
+from figures import FIGURES
+from helpers import no_traceback, one_line_error
+from processes import cli, ok
 
 from alexsearch.weights import checkpoint
 
@@ -104,8 +100,6 @@ def test_bad_checkpoints_are_refused_in_one_line_and_never_run_code(fs, env, tmp
 
 def test_unicode_normalisation_of_names_is_kept(fs, env, tiny_ckpt, tmp_path):
     """The same name in NFC and NFD is two files on Linux: both are indexed, neither lost."""
-    from harness import photo_bytes
-
     env = {**env, "ALEXSEARCH_WEIGHTS": str(tiny_ckpt)}
     d = tmp_path / "u"
     d.mkdir()
@@ -119,12 +113,6 @@ def test_unicode_normalisation_of_names_is_kept(fs, env, tiny_ckpt, tmp_path):
 def test_damaged_caffemodel_import_is_one_line_and_leaves_no_output(fs, env, tmp_path):
     """A truncated and a bit-flipped V2 bvlc_alexnet: one line, non-zero, no output file.
     (The reader's wider fuzz is tests/test_caffemodel_fuzz.py.)"""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from caffe_proto import bvlc_net, bvlc_params, write
-
     full = tmp_path / "bvlc.caffemodel"
     write(full, bvlc_net(bvlc_params(seed=0), v1=False))
     raw = full.read_bytes()

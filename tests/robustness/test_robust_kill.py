@@ -14,16 +14,11 @@ import shutil
 import time
 
 import numpy as np
-from harness import (
-    FIGURES,
-    count_rows,
-    kill_when,
-    ok,
-    one_line_error,
-    rows_since,
-    tmp_leftovers,
-)
+from disks import tmp_leftovers
+from figures import FIGURES
+from helpers import one_line_error
 from PIL import Image
+from processes import count_rows, kill_when, ok, rows_since
 
 import alexsearch
 from alexsearch.weights import checkpoint

@@ -7,7 +7,10 @@ import os
 import shutil
 
 import pytest
-from harness import FIGURES, fill, ok, one_line_error, remount, tmp_leftovers, tmpfs
+from disks import fill, remount, tmp_leftovers, tmpfs
+from figures import FIGURES
+from helpers import one_line_error
+from processes import ok
 
 DISK_FULL = ("no space left on device", "database or disk is full")
 
@@ -118,7 +121,7 @@ def test_read_only_index_answers_and_refuses_writes_in_one_line(
         try:
             r = fs.run("index", photos / "blue_squares", "--index", ix, env=env)
             FIGURES["write_failures"] += 1
-            one_line_error(r, "read-only file system")
+            one_line_error(r, "read-only file system", code=1)  # a raw OSError: the lock file
             q = photos / "red_circles" / "001.jpg"
             res = ok(fs.run("query", q, "--index", ix, "--k", "2", "--json", env=env)).json()
             assert len(res[0]["neighbours"]) == 2
@@ -136,6 +139,6 @@ def test_forbidden_folder_is_one_line(fs, env, photos, tiny_ckpt, tmp_path):
     locked.chmod(0o555)
     r = fs.run("index", photos / "red_circles", "--index", locked / "ix", env=env)
     FIGURES["write_failures"] += 1
-    one_line_error(r, "permission denied")
+    one_line_error(r, "permission denied", code=1)  # a raw OSError: making the index folder
     r = fs.run("weights", "init", "--out", locked / "w.ckpt", "--classes", "3")
-    one_line_error(r, "permission denied")
+    one_line_error(r, "permission denied")  # the checkpoint's atomic write: a WriteError
