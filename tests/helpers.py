@@ -54,8 +54,8 @@ def no_traceback(r) -> None:
 
 
 def one_line_error(r, *fragments, code: int = 2) -> str:
-    """A refused command: exit `code` (2: bad input, UserError; 1: the environment, such
-    as a full disk; 130: Ctrl-C), one line on stderr holding every fragment, no traceback
+    """A refused command: exit `code` (2: bad input or a write the library
+    refused, UserError; 1: an OSError from the environment reaching the entry point), one line on stderr holding every fragment, no traceback
     (see no_traceback). Returns the line."""
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     no_traceback(r)
