@@ -54,9 +54,9 @@ def no_traceback(r) -> None:
 
 
 def one_line_error(r, *fragments, code: int = 2) -> str:
-    """A refused command: exit `code` (2: bad input or a write the library
-    refused, UserError; 1: an OSError from the environment reaching the entry point), one line on stderr holding every fragment, no traceback
-    (see no_traceback). Returns the line."""
+    """A refused command: exit `code` (2: bad input or a write the library refused, a
+    UserError; 1: an OSError of the environment reaching the entry point), one line on
+    stderr holding every fragment, no traceback (see no_traceback). Returns the line."""
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     no_traceback(r)
     lines = r.stderr.strip().splitlines()
