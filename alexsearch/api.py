@@ -48,13 +48,15 @@ def build_index(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     wait: bool = False,
     commit_every: int = 256,
+    precision: str = "auto",
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
     files are extracted. Returns the summary `index --json` prints.
 
     max_memory: the budget of kind="auto" in bytes, or a size such as "4G". progress:
-    called as progress("extracting", done, total, img_per_s=...)."""
+    called as progress("extracting", done, total, img_per_s=...). precision: "fp32",
+    "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere)."""
     from .index import build
 
     if isinstance(paths, (str, os.PathLike)):
@@ -74,6 +76,7 @@ def build_index(
         wait=wait,
         progress=progress,
         commit_every=commit_every,
+        precision=precision,
     )
 
 
@@ -101,10 +104,12 @@ def open_index(
     weights: str | os.PathLike | None = None,
     device: str = "cpu",
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    precision: str = "auto",
 ) -> Index:
     """An index to query and describe (read-only). Raises IndexError_ when there is none
-    at `index` (default indexes/default)."""
-    return Index(index, weights, device, max_megapixels)
+    at `index` (default indexes/default). precision: what a query's fc7 is computed in;
+    "auto" is fp32 on the CPU (no torch) and bf16 on a GPU; any agrees with any index."""
+    return Index(index, weights, device, max_megapixels, precision)
 
 
 class Index:
@@ -112,8 +117,12 @@ class Index:
     generation (a writer publishing meanwhile is picked up, never seen half-written);
     the network is loaded at the first query by image and kept."""
 
-    def __init__(self, index, weights=None, device="cpu", max_megapixels=DEFAULT_MAX_MEGAPIXELS):
+    def __init__(
+        self, index, weights=None, device="cpu", max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+        precision="auto",
+    ):  # fmt: skip
         self.dir = manifest.resolve_dir(index)
+        self._precision = precision
         self._named = index is not None
         self._weights = weights
         self._device = device
@@ -180,6 +189,10 @@ class Index:
                 found = snap.search(np.stack(vecs), k, exclude)
             for res, hits in zip(searched, found, strict=True):
                 res.hits = hits
+        if embedder.precision != snap.manifest.precision:  # allowed: the vectors agree
+            for res in results:
+                res.precision = embedder.precision
+                res.index_precision = snap.manifest.precision
         return results
 
     def path(self, file_id: int) -> str:
@@ -240,7 +253,7 @@ class Index:
             from .weights import locations
 
             path = locations.resolve(self._weights, snap.manifest.model.weights or None)
-            embedder = open_embedder(path, self._device, self._max_megapixels)
+            embedder = open_embedder(path, self._device, self._max_megapixels, self._precision)
             self._check(embedder)
             self._embedder = embedder
         return self._embedder

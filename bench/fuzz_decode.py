@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from alexsearch.data import crops
-from alexsearch.images import decode
+from alexsearch.images import decode, geometry
 
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF")
 MAX_MP = 2.0
@@ -70,7 +69,7 @@ def mutate(raw: bytes, rng: random.Random) -> bytes:
 def decode_once(raw: bytes) -> str:
     try:
         img = decode.decode(io.BytesIO(raw), max_megapixels=MAX_MP)
-        crops.resize_centre_tensor(img)
+        geometry.resize_centre(img)
         return "decoded"
     except decode.ImageError as e:
         return "ImageError: " + re.sub(r"\d+", "N", str(e))[:60]

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from alexsearch.data import crops, lighting
-from alexsearch.images import decode, folders
+from alexsearch.images import decode, folders, geometry
 from alexsearch.images.decode import ImageError
 from alexsearch.images.preprocess import Preprocess
 
@@ -138,11 +138,11 @@ def test_truncated_jpeg_is_an_error(tmp_path):
 def test_resize_short_side_then_centre():
     img = Image.new("RGB", (512, 300), (0, 0, 0))
     img.paste((255, 255, 255), (0, 0, 100, 300))  # white left of the centre square (105..)
-    x = crops.resize_centre_tensor(img, 256)
-    assert x.shape == (3, 256, 256) and x.dtype == torch.uint8
-    assert x[:, :, :4].float().mean() < 10  # the band was cropped away
-    tiny = crops.resize_centre_tensor(Image.new("RGB", (32, 32), RED), 256)
-    assert tiny.shape == (3, 256, 256) and abs(int(tiny[0, 128, 128]) - RED[0]) <= 1
+    x = geometry.resize_centre(img, 256)
+    assert x.shape == (256, 256, 3) and x.dtype == np.uint8
+    assert x[:, :4].mean() < 10  # the band was cropped away
+    tiny = geometry.resize_centre(Image.new("RGB", (32, 32), RED), 256)
+    assert tiny.shape == (256, 256, 3) and abs(int(tiny[128, 128, 0]) - RED[0]) <= 1
 
 
 def test_ten_crop_positions_and_mirrors():

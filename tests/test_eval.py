@@ -141,6 +141,10 @@ def test_eval_feeds_a_squash_checkpoint_squashed_photos(tmp_path, monkeypatch, c
         main(["eval", "--data", str(tmp_path), "--weights", str(tmp_path / "net.ckpt"),
               "--device", "cpu", "--workers", "0", "--json"])  # fmt: skip
         assert json.loads(capsys.readouterr().out)["images"] == 2
-        want = torch.stack([crops.load_256(p, squash=squash) for p, _ in samples])
-        other = torch.stack([crops.load_256(p, squash=not squash) for p, _ in samples])
+        want = torch.stack(
+            [crops.load_256(p, pre=preprocess.Preprocess(squash=squash)) for p, _ in samples]
+        )
+        other = torch.stack(
+            [crops.load_256(p, pre=preprocess.Preprocess(squash=not squash)) for p, _ in samples]
+        )
         assert torch.equal(torch.cat(fed), want) and not torch.equal(want, other)

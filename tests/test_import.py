@@ -28,6 +28,7 @@ from caffe_proto import (
     write,
 )
 from helpers import cli, one_line_error, run_in_process
+from PIL import Image
 
 from alexsearch import errors
 from alexsearch.data import crops
@@ -459,3 +460,65 @@ def test_fetch_downloads_verifies_imports_and_becomes_the_default(
     (tmp_path / "home" / "downloads" / "a.pth").write_bytes(b"junk")
     with pytest.raises(errors.WeightsError, match="delete it and fetch again"):
         fetch.fetch(src)
+
+
+def _photos_of_many_shapes(root):
+    """Photos whose sizes make torchvision's rounding and the paper's exact grid differ:
+    landscape, portrait, odd sizes, a short side under 256; PNG, so every decoder agrees."""
+    rng = np.random.default_rng(11)
+    root.mkdir()
+    for w, h in ((500, 375), (375, 500), (641, 427), (333, 601), (300, 200), (257, 1001)):
+        yy, xx = np.mgrid[0:h, 0:w]
+        base = np.stack([xx * 255 // w, yy * 255 // h, (xx * yy) % 251], -1).astype(np.int16)
+        noise = rng.integers(-40, 40, (h, w, 3))
+        rgb = np.clip(base + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(root / f"{w}x{h}.png")
+    return sorted(root.iterdir())
+
+
+def test_a_torchvision_import_sees_the_pixels_torchvisions_transforms_make(
+    torchvision_file, tmp_path, capsys
+):
+    """`index` of a torchvision import stores the fc7 torchvision's own model computes on
+    torchvision's own transforms (Resize(256) of the whole photo, CenterCrop(224))."""
+    from conftest import SHARED
+
+    import alexsearch
+    from alexsearch.images.preprocess import Preprocess
+
+    model, src = torchvision_file
+    run_in_process(capsys, "weights", "import", src, "--out", tmp_path / "tv.ckpt")
+    photos = _photos_of_many_shapes(tmp_path / "photos")
+    sample = SHARED / "imagenet-sample.tar"
+    if sample.exists():  # real photos, JPEG: torchvision decodes them at full size too
+        import tarfile
+
+        with tarfile.open(sample) as tar:
+            members = [m for m in tar.getmembers() if m.name.endswith(".JPEG")][:6]
+            tar.extractall(tmp_path / "real", members=members, filter="data")
+        photos += sorted((tmp_path / "real").rglob("*.JPEG"))
+    tv = torchvision.transforms
+    to_pixels = tv.Compose([tv.Resize(256), tv.CenterCrop(224)])
+    to_input = tv.Compose(
+        [to_pixels, tv.ToTensor(), tv.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
+    )
+    pre = checkpoint.load(tmp_path / "tv.ckpt").preprocess
+    assert pre.torchvision_geometry and "CenterCrop(224)" in pre.geometry()
+    paper = Preprocess()
+    drift = 0
+    for p in photos:
+        want = np.asarray(to_pixels(Image.open(p).convert("RGB")))
+        got = pre.photo_256(p)[16:240, 16:240]
+        np.testing.assert_array_equal(got, want)  # the same pixels, exactly
+        drift = max(drift, np.abs(paper.photo_256(p)[16:240, 16:240] - want.astype(int)).max())
+    assert drift > 0  # the paper's own grid does see other pixels on these photos
+    ix = tmp_path / "ix"
+    alexsearch.build_index(tmp_path, index=ix, weights=tmp_path / "tv.ckpt", workers=0)
+    with alexsearch.open_index(ix, weights=tmp_path / "tv.ckpt") as index:
+        for p in photos:
+            me = index.query(p, k=1, include_self=True)[0].hits[0]
+            stored = torch.from_numpy(index.vector(me.id).copy())
+            with torch.no_grad():
+                x = to_input(Image.open(p).convert("RGB"))[None]
+                ref = model.classifier[:6](torch.flatten(model.avgpool(model.features(x)), 1))
+            assert_close(stored[None] * 1e3, ref * 1e3)

@@ -42,6 +42,9 @@ def index(
     ),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
     commit_every: int = typer.Option(256, "--commit-every", min=1, help="Files per commit."),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 on GPUs and CPUs with native bf16), fp32, bf16."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Index photos: extract fc7 of every image into an index (incremental)."""
@@ -63,6 +66,7 @@ def index(
             max_megapixels=max_megapixels,
             wait=wait,
             commit_every=commit_every,
+            precision=precision,
         )
     if as_json:
         print_json(asdict(summary))
@@ -77,6 +81,7 @@ def index(
         "failed (this run)": len(summary.failed),
         "in index": f"{summary.total_ok} ok, {summary.total_failed} failed",
         "kind": summary.kind,
+        "precision": summary.precision,
         "weights": f"{summary.weights} ({summary.fingerprint})",
         "time": f"{summary.seconds:.1f} s"
         + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
@@ -107,11 +112,14 @@ def query(
     rerank: int = typer.Option(
         0, "--rerank", min=0, help="Re-rank a Hamming shortlist of N by exact fc7 distance."
     ),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (fp32 on a CPU, bf16 on a GPU), fp32, bf16."
+    ),
 ) -> None:
     """Find the k indexed photos that look most like each query image."""
     from .. import api
 
-    with api.open_index(index_dir, weights_path, device, max_megapixels) as ix:
+    with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
         results = ix.query(images, k, binary, rerank, include_self)
     if grid is not None and any(not r.error for r in results):
         save_grid(results, grid)

@@ -4,23 +4,17 @@ paper's ten (four corners, centre, mirrored) and training's random crop with a f
 from __future__ import annotations
 
 import torch
-from PIL import Image
 
-from ..images.decode import decode
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
-from ..images.geometry import RESIZE, centre_offsets, resize_centre, ten_crop_offsets
+from ..images.geometry import centre_offsets, ten_crop_offsets
+from ..images.preprocess import Preprocess
 
 
-def resize_centre_tensor(img: Image.Image, size: int = RESIZE, squash: bool = False):
-    """images.geometry.resize_centre as a uint8 tensor (3, s, s)."""
-    return torch.from_numpy(resize_centre(img, size, squash)).permute(2, 0, 1)
-
-
-def load_256(
-    path, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, size: int = RESIZE, squash: bool = False
-):
-    """decode + resize_centre: the uint8 (3, 256, 256) every later step starts from."""
-    return resize_centre_tensor(decode(path, max_megapixels, draft_to=size), size, squash)
+def load_256(source, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, pre: Preprocess | None = None):
+    """Preprocess.photo_256 as a uint8 tensor (3, 256, 256): what every later step crops
+    from (the paper's geometry unless `pre` says otherwise)."""
+    u8 = (pre or Preprocess()).photo_256(source, max_megapixels)
+    return torch.from_numpy(u8).permute(2, 0, 1)
 
 
 def centre_crop(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from ..errors import UserError
 from ..images.decode import ImageError
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
 from ..images.folders import labelled_folder
-from ..images.geometry import RESIZE
+from ..images.preprocess import Preprocess
 from .crops import load_256
 
 
@@ -35,14 +35,12 @@ class Images(torch.utils.data.Dataset):
     def __init__(
         self,
         samples,
-        resize: int = RESIZE,
         max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
-        squash=False,
+        pre: Preprocess | None = None,  # whose geometry (None: the paper's)
     ):
         self.samples = samples
-        self.resize = resize
         self.max_megapixels = max_megapixels
-        self.squash = squash
+        self.pre = pre
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -50,7 +48,7 @@ class Images(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         path, label = self.samples[i]
         try:
-            u8 = load_256(path, self.max_megapixels, self.resize, self.squash)
+            u8 = load_256(path, self.max_megapixels, self.pre)
             return u8, label, path, ""
         except ImageError as e:
             return None, label, path, str(e)
@@ -72,10 +70,10 @@ def loader(
     sampler=None,
     pin=False,
     max_megapixels=DEFAULT_MAX_MEGAPIXELS,
-    squash=False,
+    pre: Preprocess | None = None,
 ):
     return torch.utils.data.DataLoader(
-        Images(samples, max_megapixels=max_megapixels, squash=squash),
+        Images(samples, max_megapixels=max_megapixels, pre=pre),
         batch_size=batch_size,
         sampler=sampler,
         shuffle=False,

@@ -90,7 +90,7 @@ def classify(
     model = ckpt.build(device)
     c1 = c5 = t1 = t5 = n = 0
     skipped = []
-    batches = loader(samples, batch_size, workers, squash=ckpt.preprocess.squash)
+    batches = loader(samples, batch_size, workers, pre=ckpt.preprocess)
     for b, (u8, labels, bad) in enumerate(batches):
         skipped += bad
         if len(labels):

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .files import DEFAULT_MAX_MEGAPIXELS
+from .files import DEFAULT_MAX_MEGAPIXELS, HEIF_EXTENSIONS, RAW_EXTENSIONS
 from .geometry import RESIZE
 
 # A truncated file is an error to report, not something to pad with grey.
@@ -32,23 +32,34 @@ def decode(
     path: str | os.PathLike | io.BufferedIOBase,
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     draft_to: int | None = RESIZE,
+    name: str | None = None,
 ) -> Image.Image:
     """Open any supported image as an RGB PIL image, upright per its EXIF orientation.
 
     Raises ImageError with a short reason for anything unusable: missing, empty,
     truncated, not an image, or over `max_megapixels` (checked from the header,
     before any pixel is decoded). `draft_to`: let JPEG decoding scale down by a power
-    of two as long as both sides stay >= this (None decodes at full size).
+    of two as long as both sides stay >= this (None decodes at full size). `name`: the
+    file's name when `path` is an open file (its extension marks RAW and HEIF files).
     """
+    if name is None:
+        name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else ""
+    ext = os.path.splitext(name)[1].lower()
     try:
         if isinstance(path, (str, os.PathLike)) and os.path.getsize(path) == 0:
             raise ImageError("empty file")
+        if ext in RAW_EXTENSIONS:
+            from .raw import decode_raw
+
+            return to_rgb(decode_raw(path, max_megapixels, draft_to or RESIZE))
+        if ext in HEIF_EXTENSIONS:
+            _register_heif()
         with warnings.catch_warnings():
             # A damaged file's complaints ("Tag data larger than file") are not the user's
             # business beyond the one reason we report; a bomb warning becomes an error.
             warnings.simplefilter("ignore")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = _open(path)
             w, h = img.size
             if w * h > max_megapixels * 1e6:
                 raise ImageError(
@@ -74,6 +85,39 @@ def decode(
         raise ImageError(f"cannot decode: {_short(e)}") from None
     except Exception as e:  # a hostile file must never take the run down
         raise ImageError(f"cannot decode: {type(e).__name__}: {_short(e)}") from None
+
+
+_heif = {"registered": False}
+
+
+def _register_heif() -> None:
+    """Teach Pillow HEIC/HEIF (pillow-heif), when the first such file comes: its import
+    costs what most runs never need."""
+    if _heif["registered"]:
+        return
+    try:
+        import pillow_heif
+    except ImportError:
+        raise ImageError("HEIC/HEIF needs the pillow-heif package") from None
+    pillow_heif.register_heif_opener()
+    _heif["registered"] = True
+
+
+def _open(source) -> Image.Image:
+    """Image.open; a file Pillow does not know may be a HEIF without its name (an upload):
+    try again once pillow-heif is registered."""
+    try:
+        return Image.open(source)
+    except Image.UnidentifiedImageError:
+        if _heif["registered"]:
+            raise
+        try:
+            _register_heif()
+        except ImageError:
+            raise Image.UnidentifiedImageError() from None
+        if hasattr(source, "seek"):
+            source.seek(0)
+        return Image.open(source)
 
 
 def _short(e: BaseException) -> str:

@@ -10,7 +10,7 @@ import stat as stat_
 from pathlib import Path
 
 from ..errors import UserError
-from .files import is_image_name
+from .files import is_image_name, is_raw_name
 
 
 def label_of(path: str | os.PathLike) -> str:
@@ -80,7 +80,18 @@ def walk(
                         add(e.path, e.stat(follow_symlinks=True))
                 except OSError as err:
                     problems.append((e.path, err.strerror.lower() if err.strerror else "error"))
-    return sorted(found.values()), problems
+    return sorted(_without_raw_twins(found).values()), problems
+
+
+def _without_raw_twins(found: dict) -> dict:
+    """Drop a RAW file that has a developed twin beside it (IMG_1.CR2 beside IMG_1.JPG):
+    the camera's two files of one photo, which would be each other's duplicate."""
+    developed = {os.path.splitext(p)[0].lower() for p in found if not is_raw_name(p)}
+    return {
+        p: v
+        for p, v in found.items()
+        if not (is_raw_name(p) and os.path.splitext(p)[0].lower() in developed)
+    }
 
 
 def labelled_folder(root: str | os.PathLike) -> tuple[list[str], list[tuple[str, int]]]:

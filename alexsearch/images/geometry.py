@@ -32,6 +32,26 @@ def resize_centre(img: Image.Image, size: int = RESIZE, squash: bool = False) ->
     return np.array(img, dtype=np.uint8)
 
 
+def resize_like_torchvision(img: Image.Image, size: int = RESIZE, crop: int = 224) -> np.ndarray:
+    """torchvision's Resize(size) then CenterCrop(crop), as the size x size window whose
+    centred crop x crop is exactly torchvision's crop, uint8 (s, s, 3).
+
+    torchvision resizes the whole photo to an integer size (the long side truncated:
+    341 for 500x375, so 500/341 source pixels a pixel, not 375/256) and rounds the crop's
+    offset; resize_centre's exact 256/short-side grid drifts from it by a fraction of a
+    pixel. Checkpoints imported from torchvision are fed these pixels."""
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, int(size * h / w)
+    else:
+        nw, nh = int(size * w / h), size
+    img = img.resize((nw, nh), Image.BILINEAR)  # what torchvision's Resize calls on a PIL image
+    half = (size - crop) // 2
+    top = int(round((nh - crop) / 2.0)) - half
+    left = int(round((nw - crop) / 2.0)) - half
+    return np.array(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
 def ten_crop_offsets(full: int, size: int) -> list[tuple[int, int]]:
     """(top, left) of the four corners and the centre, in the paper's order."""
     e = full - size

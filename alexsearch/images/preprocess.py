@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .geometry import RESIZE, centre_offsets
+from .decode import decode
+from .files import DEFAULT_MAX_MEGAPIXELS
+from .geometry import RESIZE, centre_offsets, resize_centre, resize_like_torchvision
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class Preprocess:
     squash: resize both sides to `resize`, ignoring the aspect ratio, as Caffe's
     convert_imageset made bvlc_alexnet's data and mean image; False is the paper's
     short side to `resize`, then the centre square.
+    torchvision_geometry: torchvision's Resize + CenterCrop pixels (no JPEG draft
+    decoding), for checkpoints imported from torchvision.
     """
 
     input_size: int = 224
@@ -34,6 +38,7 @@ class Preprocess:
     pca_eigval: list | None = None
     pca_eigvec: list | None = None
     squash: bool = False
+    torchvision_geometry: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +55,8 @@ class Preprocess:
         h.update(repr((self.input_size, self.resize, self.channel_order, self.squash)).encode())
         h.update(repr((float(self.scale), self.std)).encode())
         h.update(np.asarray(self.mean, dtype=np.float32).tobytes())
+        if self.torchvision_geometry:  # only then: older signatures stay as they were
+            h.update(b"torchvision geometry")
         return h.hexdigest()[:16]
 
     def geometry(self) -> str:
@@ -57,7 +64,21 @@ class Preprocess:
         r, c = self.resize, self.input_size
         if self.squash:
             return f"squash to {r}x{r}, aspect ignored (crops {c})"
+        if self.torchvision_geometry:
+            return f"torchvision's Resize({r}) of the whole photo, CenterCrop({c})"
         return f"short side to {r}, centre {r}x{r} (crops {c})"
+
+    def photo_256(
+        self, source, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS, name: str | None = None
+    ) -> np.ndarray:
+        """A photo (a path, or an open binary file named `name`) as the uint8
+        (256, 256, 3) image every later step crops from, in this convention's geometry
+        (ImageError if unusable)."""
+        if self.torchvision_geometry:  # torchvision decodes at full size
+            img = decode(source, max_megapixels, draft_to=None, name=name)
+            return resize_like_torchvision(img, self.resize, self.input_size)
+        img = decode(source, max_megapixels, draft_to=self.resize, name=name)
+        return resize_centre(img, self.resize, self.squash)
 
     def mean_array(self, size: int, offsets: tuple[int, int] | None = None) -> np.ndarray:
         """The mean as float32 (3, 1, 1), or a mean image's (3, size, size) window at

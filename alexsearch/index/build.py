@@ -17,13 +17,13 @@ from pathlib import Path
 from ..errors import UserError
 from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
+from ..net.precision import combined, resolve_precision
 from ..progress import Progress
 from . import codes, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
-
-LAYER = "fc7"
+from .network import LAYER, open_network
 
 
 @dataclass
@@ -55,32 +55,7 @@ class IndexSummary:
     images_per_s: float = 0.0
     fingerprint: str = ""
     weights: str = ""
-
-
-@dataclass
-class Network:
-    """The torch network that extracts fc7, and the identity of its weights."""
-
-    model: object  # net.alexnet.AlexNet on `device`
-    preprocess: object  # images.preprocess.Preprocess
-    fingerprint: str
-    weights: Path
-    device: object  # torch.device
-
-    @property
-    def dimension(self) -> int:
-        return int(self.model.cfg.fc_units[-1])  # fc7's width: 4096 in the paper
-
-
-def load_network(weights, recorded: str | None, device: str) -> Network:
-    """The network of the weights the policy names (locations.resolve), on `device`."""
-    from ..net.devices import resolve_device
-    from ..weights import checkpoint, locations
-
-    dev = resolve_device(device)
-    path = locations.resolve(weights, recorded)
-    ckpt = checkpoint.load(path)
-    return Network(ckpt.build(dev), ckpt.preprocess, ckpt.fingerprint, path.resolve(), dev)
+    precision: str = ""  # what the index's fc7 was computed in
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -116,11 +91,13 @@ def run(
     wait: bool = False,
     progress: Progress | None = None,
     commit_every: int = 256,  # files per catalogue transaction
+    precision: str = "auto",  # fp32, or bf16 where the machine runs it natively
 ) -> IndexSummary:
     """`alexsearch index`: bring the index at `index_dir` up to date with `roots`."""
     from ..weights.locations import WEIGHTS_ENV
 
     t0 = time.perf_counter()
+    resolve_precision(precision, "cpu")  # an unknown value fails before anything is done
     if kind not in vectors.KINDS:
         raise UserError(f"unknown --kind {kind!r}; choose from {', '.join(vectors.KINDS)}")
     summary = IndexSummary(index_dir=str(index_dir))
@@ -131,7 +108,8 @@ def run(
         raise UserError(_no_images(roots, problems, hidden))
     network = None
     if manifest is None:
-        network = load_network(weights, recorded, device)  # no folder without usable weights
+        # no folder without usable weights (read without torch: see network.py)
+        network = open_network(weights, recorded, device, precision)
     # Weights named (explicitly or by the environment) that may differ from the index's
     # are checked even when there is nothing to extract.
     named = weights or os.environ.get(WEIGHTS_ENV)
@@ -148,7 +126,7 @@ def run(
             summary.unchanged = work.unchanged
             summary.skipped = work.skipped
             if network is None and (work.new or work.changed or manifest is None or check_weights):
-                network = load_network(weights, recorded, device)
+                network = open_network(weights, recorded, device, precision)
             if manifest is not None and network is not None:
                 fix = "use the index's weights or another --index"
                 check_model(
@@ -168,8 +146,12 @@ def run(
                 if manifest is None:
                     manifest = Manifest.new(
                         network.fingerprint, network.weights, LAYER, network.dimension,
-                        network.preprocess,
+                        network.preprocess, network.precision,
                     )  # fmt: skip
+                elif to_extract:
+                    manifest = replace(
+                        manifest, precision=combined(manifest.precision, network.precision)
+                    )
                 manifest = publish(index_dir, cat, manifest, kind, max_memory)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
@@ -177,6 +159,7 @@ def run(
     summary.kind = manifest.kind
     summary.fingerprint = manifest.model.fingerprint
     summary.weights = manifest.model.weights
+    summary.precision = manifest.precision
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -221,29 +204,32 @@ def _apply_moves_and_deletes(cat: Catalogue, work: Plan, summary: IndexSummary):
 def _extract_into(
     cat, network, todo, summary, batch_size, workers, max_mp, progress, commit_every
 ) -> None:
-    from .extract import extract
+    from .extract import decoding, default_workers, extract
 
     meta = {p: (s, m) for p, s, m in todo}
     done = pending = 0
     t = time.perf_counter()
     paths = [p for p, _, _ in todo]
-    batches = extract(
-        network.model, network.preprocess, paths, batch_size, workers, network.device, max_mp
-    )
-    for batch in batches:
-        for r in batch:
-            size, mtime = meta[r.path]
-            cat.put(r.path, size, mtime, r.digest, r.vector, r.thumb, r.reason)
-            if r.vector is None:
-                summary.failed.append((r.path, r.reason))
-        done += len(batch)
-        pending += len(batch)
-        if pending >= commit_every:
-            cat.commit()
-            pending = 0
-        if progress:
-            rate = done / max(time.perf_counter() - t, 1e-9)
-            progress("extracting", done, len(todo), img_per_s=rate)
+    if workers is None:
+        workers = 0 if network.device_spec == "cpu" else default_workers(network.device())
+    with decoding(paths, network.preprocess, max_mp, workers) as items:
+        # decoding runs from here on; the torch network is built meanwhile
+        model, device = network.model(), network.device()
+        batches = extract(model, network.preprocess, items, batch_size, device, network.precision)
+        for batch in batches:
+            for r in batch:
+                size, mtime = meta[r.path]
+                cat.put(r.path, size, mtime, r.digest, r.vector, r.thumb, r.reason)
+                if r.vector is None:
+                    summary.failed.append((r.path, r.reason))
+            done += len(batch)
+            pending += len(batch)
+            if pending >= commit_every:
+                cat.commit()
+                pending = 0
+            if progress:
+                rate = done / max(time.perf_counter() - t, 1e-9)
+                progress("extracting", done, len(todo), img_per_s=rate)
     cat.commit()
     summary.extracted = done
     summary.images_per_s = done / max(time.perf_counter() - t, 1e-9)

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
 from ..images.preprocess import Preprocess
+from ..net.precision import resolve_precision
 
 ImageSource = str | os.PathLike | BinaryIO  # a path, or an open binary file
 
@@ -30,14 +31,24 @@ class Embedder:
     preprocess: Preprocess
     weights: Path  # resolved
     backend: str  # "numpy" or "torch"
+    precision: str = "fp32"  # what fc7 is computed in: "fp32" or "bf16"
 
 
 def open_embedder(
-    weights: Path, device: str = "cpu", max_megapixels: float = DEFAULT_MAX_MEGAPIXELS
+    weights: Path,
+    device: str = "cpu",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    precision: str = "auto",
 ) -> Embedder:
-    """The embedder of the checkpoint at `weights` (already resolved) on `device`."""
+    """The embedder of the checkpoint at `weights` (already resolved) on `device`.
+
+    precision "auto" is fp32 on the CPU (the torch-free path, whose vectors agree with
+    a bf16 index's within its tolerance) and bf16 on a GPU."""
     weights = Path(weights)
-    if str(device).strip().lower() == "cpu":
+    cpu = str(device).strip().lower() == "cpu"
+    if str(precision).strip().lower() == "auto":
+        precision = "fp32" if cpu else "auto"
+    if cpu and resolve_precision(precision, "cpu") == "fp32":
         from ..net.numpy_net import NumpyNet
         from ..weights import checkpoint
         from ..weights.checkpoint_file import Unsupported
@@ -59,11 +70,12 @@ def open_embedder(
     from .extract import extract_one
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev.type)
     ckpt = checkpoint.load(weights)
     model = ckpt.build(dev)
     pre = ckpt.preprocess
 
     def embed(src: ImageSource) -> np.ndarray:
-        return extract_one(model, pre, src, max_megapixels, dev)
+        return extract_one(model, pre, src, max_megapixels, dev, precision)
 
-    return Embedder(embed, ckpt.fingerprint, pre, weights.resolve(), "torch")
+    return Embedder(embed, ckpt.fingerprint, pre, weights.resolve(), "torch", precision)

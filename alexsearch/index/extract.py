@@ -1,28 +1,30 @@
-"""Batched, parallel fc7 extraction for lists of image files.
+"""Batched fc7 extraction for lists of image files.
 
-Decoding runs in DataLoader worker processes (each reads the file once, hashes its
-bytes for move detection, decodes, and makes the uint8 centre crop and a 32x32
-thumbnail); the main process normalises and runs the network in batches. A file that
-cannot be decoded comes back with its reason instead of a vector; it never stops the run.
+Files are decoded ahead of the network (decoding.py): on threads of this process by
+default on a CPU, where the network's own threads use the cores and a decode thread
+fills the time they wait (measured faster on 2 cores than decoding between batches or
+in worker processes: bench/index_throughput.py), or in `workers` DataLoader processes
+(the default with a GPU, which needs them all to stay busy). The network runs in
+batches, channels_last, in fp32 or bf16 autocast (the index's precision). A file that
+cannot be decoded comes back with its reason instead of a vector; it never stops a run.
+
+Imports torch.
 """
 
 from __future__ import annotations
 
-import io
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..data.crops import centre_crop, load_256, resize_centre_tensor
-from ..images.decode import ImageError, decode
-from ..images.files import DEFAULT_MAX_MEGAPIXELS, file_digest
+from ..data.crops import centre_crop, load_256
+from ..images.files import DEFAULT_MAX_MEGAPIXELS
 from ..images.preprocess import Preprocess
-from ..net.devices import resolve_device
-
-THUMB = 32
+from .decoding import DecodeAhead, Decoded, decode_file
 
 
 @dataclass
@@ -34,98 +36,109 @@ class Extracted:
     thumb: bytes = b""  # 32x32 RGB uint8, the pixel-space baseline of `eval retrieval`
 
 
+def default_workers(device: torch.device) -> int:
+    """Decode processes: a GPU needs them all to stay busy; on a CPU, none (threads)."""
+    cores = os.cpu_count() or 1
+    return min(8, cores) if device.type == "cuda" else 0
+
+
+def decode_threads() -> int:
+    """Decode threads beside the network on a CPU: one per two cores (one on 2 cores,
+    where a second fought the network's threads: bench/index_throughput.py)."""
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 class _Files(torch.utils.data.Dataset):
     def __init__(self, paths: list[str], pre: Preprocess, max_megapixels: float):
-        self.paths = paths
-        self.pre = pre
-        self.max_megapixels = max_megapixels
+        self.paths, self.pre, self.max_megapixels = paths, pre, max_megapixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int):
-        path = self.paths[i]
-        try:
-            try:
-                with open(path, "rb") as f:
-                    raw = f.read()
-            except OSError as e:
-                raise ImageError(e.strerror or type(e).__name__) from None
-            digest = file_digest(raw)
-            if not raw:
-                raise ImageError("empty file")
-            img = decode(io.BytesIO(raw), self.max_megapixels, draft_to=self.pre.resize)
-            u8 = resize_centre_tensor(img, self.pre.resize, self.pre.squash)
-            crop = centre_crop(u8, self.pre.input_size).contiguous()
-            thumb = _thumbnail(u8)
-            return i, crop, "", digest, thumb
-        except ImageError as e:
-            return i, None, str(e), locals().get("digest", ""), b""
+    def __getitem__(self, i: int) -> Decoded:
+        return decode_file(self.paths[i], self.pre, self.max_megapixels)
 
 
-def _thumbnail(u8: torch.Tensor) -> bytes:
-    t = torch.nn.functional.interpolate(u8[None].float(), size=(THUMB, THUMB), mode="area").round_()
-    return t[0].to(torch.uint8).permute(1, 2, 0).contiguous().numpy().tobytes()
+def _as_is(item):
+    return item
 
 
-def _collate(items):
-    return items
-
-
-def default_workers(device: torch.device) -> int:
-    """Decode processes. A GPU needs them all to stay busy; on a CPU the network's own
-    threads use every core, and decoding (~3 ms a photo against ~15 ms of forward) is
-    cheaper done between batches than fought for: on 2 cores, 0 workers indexed 300
-    ImageNet photos ~1.3x faster than 2 (`alexsearch index --workers N`)."""
-    cores = os.cpu_count() or 1
-    if device.type == "cuda":
-        return min(8, cores)
-    return 0 if cores <= 2 else min(4, cores // 4)
+@contextmanager
+def decoding(
+    paths: list[str],
+    pre: Preprocess,
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    workers: int = 0,
+    threads: int | None = None,
+):
+    """The decoded files, in order: from `workers` processes, else from `threads` threads
+    (None: decode_threads()) that start at once, before the network is ready."""
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            _Files(paths, pre, max_megapixels),
+            batch_size=None,
+            collate_fn=_as_is,  # Decoded as it is: no conversion to tensors
+            num_workers=workers,
+            prefetch_factor=16,
+        )
+        yield iter(loader)
+        return
+    with DecodeAhead(
+        paths, pre, max_megapixels, decode_threads() if threads is None else threads
+    ) as d:
+        yield d
 
 
 def extract(
     model: torch.nn.Module,
     pre: Preprocess,
-    paths: list[str],
+    items: Iterable[Decoded],
     batch_size: int = 32,
-    workers: int | None = None,
-    device: str | torch.device = "cpu",
-    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    device: torch.device = torch.device("cpu"),
+    precision: str = "fp32",
 ) -> Iterator[list[Extracted]]:
-    """Yield one list of results per batch, in input order within the batch."""
-    if not paths:
-        return
-    device = resolve_device(device)
-    workers = default_workers(device) if workers is None else workers
-    loader = torch.utils.data.DataLoader(
-        _Files(paths, pre, max_megapixels),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
-        prefetch_factor=4 if workers else None,
-    )
+    """Yield one list of results per batch of `items` (decoding's), in their order."""
     fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).eval()
+    batch: list[Decoded] = []
     with torch.inference_mode():
-        for batch in loader:
-            ok = [it for it in batch if it[1] is not None]
-            vectors = {}
-            if ok:
-                x = torch.stack([it[1] for it in ok]).to(device, non_blocking=True)
-                x = pre.normalize(x).contiguous(memory_format=fmt)
-                feats = model.features(x).float().cpu().numpy()
-                vectors = {it[0]: feats[j] for j, it in enumerate(ok)}
-            yield [
-                Extracted(paths[i], vectors.get(i), reason, digest, thumb)
-                for i, _, reason, digest, thumb in batch
-            ]
+        for item in items:
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield _forward(model, pre, batch, device, precision)
+                batch = []
+        if batch:
+            yield _forward(model, pre, batch, device, precision)
 
 
-def extract_one(model, pre: Preprocess, path: str, max_megapixels: float, device="cpu"):
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for precision "bf16" (the weights stay fp32), nothing for "fp32"."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _forward(model, pre: Preprocess, batch: list[Decoded], device, precision) -> list[Extracted]:
+    ok = [d for d in batch if d.crop is not None]
+    vectors = {}
+    if ok:
+        x = torch.from_numpy(np.stack([d.crop for d in ok]))
+        if device.type == "cuda":
+            x = x.pin_memory()  # so the copy below overlaps the work before it
+        x = x.to(device, non_blocking=True)
+        x = pre.normalize(x).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            feats = model.features(x)
+        feats = feats.float().cpu().numpy()
+        vectors = {id(d): feats[j] for j, d in enumerate(ok)}
+    return [Extracted(d.path, vectors.get(id(d)), d.reason, d.digest, d.thumb) for d in batch]
+
+
+def extract_one(
+    model, pre: Preprocess, path, max_megapixels: float, device="cpu", precision="fp32"
+) -> np.ndarray:
     """fc7 of one image (raises ImageError when it cannot be decoded)."""
-    u8 = load_256(path, max_megapixels, pre.resize, pre.squash)
+    u8 = load_256(path, max_megapixels, pre)
     x = pre.normalize(centre_crop(u8, pre.input_size))[None].to(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(torch.device(device), precision):
         return model.features(x).float().cpu().numpy()[0]

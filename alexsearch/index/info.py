@@ -51,6 +51,7 @@ def describe(index_dir: Path, named: bool = True) -> dict:
         "geometry": m.preprocess.geometry,
         "dimension": m.dimension,
         "kind": m.kind,
+        "precision": m.precision,
         "metric": m.metric,
         "generation": m.generation,
         "bytes_on_disk": disk_bytes(index_dir),

@@ -118,15 +118,19 @@ class Manifest:
     counts: dict = field(default_factory=lambda: {"ok": 0, "failed": 0})
     updated: float = 0.0
     codes: CodesRecord | None = None
+    precision: str = "fp32"  # what fc7 was computed in: fp32, bf16, or both ("bf16+fp32")
 
     @classmethod
-    def new(cls, fingerprint: str, weights: Path, layer: str, dimension: int, pre) -> Manifest:
+    def new(
+        cls, fingerprint: str, weights: Path, layer: str, dimension: int, pre, precision="fp32"
+    ) -> Manifest:
         """The manifest of an index about to be built with these weights."""
         return cls(
             model=ModelRecord(fingerprint, str(weights), weights_signature(weights), layer),
             dimension=int(dimension),
             preprocess=PreprocessRecord.of(pre),
             created=time.time(),
+            precision=precision,
         )
 
     def to_dict(self) -> dict:

@@ -38,12 +38,16 @@ class QueryResult:
     query: str  # the image's absolute path ("" for bytes)
     hits: list[Hit] = field(default_factory=list)
     error: str = ""
+    precision: str = ""  # what the query's fc7 was computed in, when not the index's
+    index_precision: str = ""
 
     def to_dict(self) -> dict:
         """What `alexsearch query --json` prints for this image."""
+        other = {"precision": self.precision, "index_precision": self.index_precision}
         return {
             "query": self.query,
             **({"error": self.error} if self.error else {}),
+            **(other if self.precision else {}),
             "neighbours": [h.to_dict() for h in self.hits],
         }
 

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ..images.decode import decode
-from ..images.geometry import centre_offsets, resize_centre
+from ..images.geometry import centre_offsets
 from ..images.preprocess import Preprocess
 from .arch import ArchConfig, LRNConfig
 
@@ -59,8 +58,7 @@ class NumpyNet:
     def embed(self, path: str, max_megapixels: float) -> np.ndarray:
         """fc7 of one image file, preprocessed as indexing does (ImageError if unusable)."""
         pre = self.preprocess
-        img = decode(path, max_megapixels, pre.resize)
-        u8 = resize_centre(img, pre.resize, pre.squash)
+        u8 = pre.photo_256(path, max_megapixels)
         top, left = centre_offsets(pre.resize, pre.input_size)
         crop = u8[top : top + pre.input_size, left : left + pre.input_size].transpose(2, 0, 1)
         return self.features(pre.normalize_array(crop)[None])[0]

@@ -204,6 +204,7 @@ def import_torchvision(path: str | os.PathLike) -> Checkpoint:
         scale=1.0,
         mean=list(IMAGENET_MEAN_RGB),
         std=list(IMAGENET_STD_RGB),
+        torchvision_geometry=True,  # the pixels torchvision's transforms make
     )
     meta = {"source": "torchvision alexnet", "imported_from": path.name, "format": "state dict"}
     return Checkpoint(arch, pre, state, imagenet_classes(num_classes), meta)

@@ -9,8 +9,7 @@ from figures import FIGURES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from alexsearch.data import crops
-from alexsearch.images import decode, preprocess
+from alexsearch.images import decode, geometry, preprocess
 from alexsearch.index import extract
 
 SEEDS = {
@@ -67,22 +66,21 @@ def test_decode_of_mutated_images_raises_only_image_error(case):
         assert str(e) and "\n" not in str(e)
         return
     assert img.mode == "RGB" and img.width >= 1 and img.height >= 1
-    u8 = crops.resize_centre_tensor(img)  # the rest of the indexing path takes it too
-    assert tuple(u8.shape) == (3, 256, 256)
+    u8 = geometry.resize_centre(img)  # the rest of the indexing path takes it too
+    assert u8.shape == (256, 256, 3)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True)
 @given(mutated())
 def test_extraction_worker_reports_instead_of_raising(tmp_path_factory, case):
-    """The indexer's extraction (extract.extract over files, as `index` runs it) turns any
-    bad file into a reason, never an exception."""
+    """The indexer's extraction (decoding on a thread, then extract.extract, as `index`
+    runs it) turns any bad file into a reason, never an exception."""
     _, raw = case
     FIGURES["fuzzed_images"] += 1
     p = tmp_path_factory.mktemp("fz") / "f.jpg"
     p.write_bytes(raw)
-    batches = list(
-        extract.extract(NET, PRE, [str(p)], batch_size=1, workers=0, max_megapixels=MAX_MP)
-    )
+    with extract.decoding([str(p)], PRE, MAX_MP, workers=0, threads=1) as items:
+        batches = list(extract.extract(NET, PRE, items, batch_size=1))
     assert len(batches) == 1 and len(batches[0]) == 1
     got = batches[0][0]
     assert got.path == str(p) and got.digest
