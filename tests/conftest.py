@@ -3,8 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import SHARED
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+# real photos beside the checkout (../shared/data); tests that use them skip without them
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SAFETY_TIMEOUT = 900  # a net against hangs, never an assertion on speed
 MAX_RSS_BYTES = 3 * 1024**3  # the cap on a run's peak resident set, where it was measured
 

@@ -27,7 +27,7 @@ from caffe_proto import (
     net,
     write,
 )
-from helpers import cli, one_line_error, run_in_process
+from helpers import SHARED, cli, one_line_error, run_in_process
 from PIL import Image
 
 from alexsearch import errors
@@ -481,7 +481,6 @@ def test_a_torchvision_import_sees_the_pixels_torchvisions_transforms_make(
 ):
     """`index` of a torchvision import stores the fc7 torchvision's own model computes on
     torchvision's own transforms (Resize(256) of the whole photo, CenterCrop(224))."""
-    from conftest import SHARED
 
     import alexsearch
     from alexsearch.images.preprocess import Preprocess

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 from caffe_proto import bvlc_net, bvlc_params, write
-from conftest import SHARED
-from helpers import cli, one_line_error
+from helpers import SHARED, cli, one_line_error
 from make_shapes import make
 
 from alexsearch.net import precision
