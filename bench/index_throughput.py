@@ -187,7 +187,7 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
         rate = n / med(r["seconds"] for r in runs[p])
         steady = med(r["steady"] for r in runs[p])
         fwd = forward_only(prec)
-        name = f"alexsearch index --precision {p}" if p == "fp32" else f"alexsearch ({p}: {prec})"
+        name = f"index --precision {p}" + (f" ({prec})" if p == "auto" else "")
         print(
             f"  {name:28s} {rate:8.1f} {rate / peer_rate:7.2f}x {steady:8.1f} {fwd:8.1f} "
             f"{steady / fwd:8.0%}"
