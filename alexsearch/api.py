@@ -26,6 +26,7 @@ from .images.decode import ImageError
 from .images.files import DEFAULT_MAX_MEGAPIXELS
 from .index import info, manifest
 from .index.build import IndexSummary
+from .index.network import BATCH
 from .index.search import QueryResult, Snapshot
 from .progress import Progress
 
@@ -41,7 +42,7 @@ def build_index(
     progress: Progress | None = None,
     *,
     max_memory: int | str | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH,
     workers: int | None = None,
     exclude: list[str] = (),
     hidden: bool = False,

@@ -8,15 +8,18 @@ the other (`--repeats` times, interleaved, medians reported):
 - the peer: torchvision's `alexnet`, PIL + torchvision transforms (Resize 256,
   CenterCrop 224, ToTensor, Normalize), a DataLoader with a worker per core, eager
   fp32, fc7 into a flat FAISS index;
-- the paper network's forward alone (batch 32, channels_last) at each precision,
-  in this process, on synthetic input;
+- the paper network's forward alone (batch 128, channels_last, freed memory kept as
+  indexing does) at each precision, in a fresh process, on synthetic input;
 
 then img/s, the ratio to the peer, and the steady end-to-end rate over the forward-only
 rate. Photo sets: (a) the 1,000 ImageNet photos of ../shared/data; (b) phone photos
 made from them: 200 upscaled to 4032x3024, JPEG quality 90 with an EXIF orientation
-tag, and 50 of those as HEIC. Then a re-index with nothing changed.
+tag, and 50 of those as HEIC. Then a re-index with nothing changed. Between the two,
+"choices": the measurements behind the defaults (batch size, the allocator setting,
+and decoding serially, on one thread, on a thread per core or in worker processes).
 
-    python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N] [--skip-phone]
+    python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N]
+                                     [--skip-phone] [--skip-choices]
 """
 
 from __future__ import annotations
@@ -113,22 +116,80 @@ def run_ours(photos: str, weights: str, index_dir: str, precision: str) -> dict:
     }
 
 
-def forward_only(precision: str, batches: int = 6) -> float:
-    """img/s of the paper network's forward, batch 32, channels_last, at `precision`."""
+def forward_only(precision: str, batch: int = 128, keep_freed: bool = True, batches=6) -> float:
+    """img/s of the paper network's forward, channels_last, at `precision`, in a fresh
+    process (glibc's allocator settings are per process: net/memory.py)."""
+    out, _ = cold(
+        [
+            sys.executable,
+            __file__,
+            "--as-forward",
+            precision,
+            str(batch),
+            str(int(keep_freed)),
+            str(batches),
+        ]
+    )
+    return float(out)
+
+
+def _forward_rate(precision: str, batch: int, keep_freed: bool, batches: int) -> float:
     import torch
 
     from alexsearch.index.extract import autocast
+    from alexsearch.net.memory import reuse_freed_memory
     from alexsearch.weights import checkpoint
 
+    if keep_freed:
+        reuse_freed_memory()
     model = checkpoint.init_checkpoint(1000).build("cpu").to(memory_format=torch.channels_last)
-    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     cpu = torch.device("cpu")
     with torch.inference_mode(), autocast(cpu, precision):
         model.features(x)  # warm-up
         t0 = time.perf_counter()
         for _ in range(batches):
             model.features(x)
-    return 32 * batches / (time.perf_counter() - t0)
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def choices(photos: str, weights: str, n: int = 384) -> None:
+    """The measurements behind the defaults: batch size and allocator (forward alone, fresh
+    processes), and how decoding runs beside the network (in this process, steady img/s
+    of extraction after its first batch, on the first n photos)."""
+    from alexsearch.index import extract as ex
+    from alexsearch.index.decoding import DecodeAhead, decode_threads
+    from alexsearch.net.precision import resolve_precision
+    from alexsearch.weights import checkpoint
+
+    prec = resolve_precision("auto", "cpu")
+    print(f"\nchoices, at {prec} (auto):")
+    print("  forward alone, img/s:      glibc default   freed memory kept (net/memory.py)")
+    for batch in (32, 128):
+        a, b = forward_only(prec, batch, False), forward_only(prec, batch, True)
+        print(f"    batch {batch:3d}               {a:10.1f} {b:17.1f}")
+    ckpt = checkpoint.read(weights)
+    model, pre = ckpt.build("cpu"), ckpt.preprocess
+    names = sorted(f for f in os.listdir(photos) if not f.endswith(".md"))[:n]
+    paths = [os.path.join(photos, f) for f in names]
+    cores = os.cpu_count() or 1
+
+    def steady(items) -> float:
+        done, t = 0, None
+        for batch in ex.extract(model, pre, items, 128, precision=prec):
+            done += len(batch)
+            if t is None:
+                t, first = time.perf_counter(), done
+        return (done - first) / (time.perf_counter() - t)
+
+    print(f"  decoding beside the network, {len(paths)} photos, batch 128, steady img/s:")
+    rows = [("decoded between batches (serial)", 0), ("one thread beside", 1)]
+    rows.append((f"a thread per core beside ({cores}; ours)", decode_threads()))
+    for label, threads in rows:
+        with DecodeAhead(paths, pre, 1000.0, threads) as items:
+            print(f"    {label:40s} {steady(items):8.1f}")
+    with ex.decoding(paths, pre, 1000.0, workers=cores) as items:
+        print(f"    {f'{cores} DataLoader worker processes':40s} {steady(items):8.1f}")
 
 
 def phone_photos(src: str, out: Path, n: int = 200, heic: int = 50) -> str:
@@ -201,12 +262,17 @@ def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--as-peer":
         print(json.dumps(peer(sys.argv[2], int(sys.argv[3]))))
         return
+    if len(sys.argv) == 6 and sys.argv[1] == "--as-forward":
+        prec, batch, keep, batches = sys.argv[2], *map(int, sys.argv[3:])
+        print(_forward_rate(prec, batch, bool(keep), batches))
+        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", help="folder of photos [default: ../shared ImageNet sample]")
     ap.add_argument("--weights", help="checkpoint [default: a paper-initialised one]")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--limit", type=int, help="use only the first N photos")
     ap.add_argument("--skip-phone", action="store_true", help="only the first photo set")
+    ap.add_argument("--skip-choices", action="store_true", help="no batch/allocator/pipeline")
     args = ap.parse_args()
     print(f"CPU: {cpu_description()}")
 
@@ -233,6 +299,8 @@ def main() -> None:
             weights = str(tmp / "init.ckpt")
             checkpoint.save(checkpoint.init_checkpoint(1000, seed=0), weights)
         measure("(a) photos", photos, weights, tmp, args.repeats)
+        if not args.skip_choices:
+            choices(photos, weights)
         if not args.skip_phone:
             t0 = time.perf_counter()
             phone = phone_photos(photos, tmp / "phone")

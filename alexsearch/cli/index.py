@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
+from ..index.network import BATCH
 from .render import (
     RichProgress,
     err,
@@ -29,7 +30,7 @@ def index(
         None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(BATCH, "--batch-size", min=1),
     workers: int = typer.Option(
         None, "--workers", min=0, help="Decode processes (default: by device and cores)."
     ),
