@@ -3,9 +3,9 @@
 glibc's malloc serves every block over its mmap threshold (at most 32 MB) with a fresh
 mmap and unmaps it on free, so each batch of the network (activations of 20-150 MB)
 page-faults and zeroes its memory again: on a 2-core CPU, a fifth of the forward's
-time went to the kernel (bench/index_throughput.py, "choices"). Raising the threshold and the
-trim threshold keeps those blocks in the heap, reused batch after batch; the process
-keeps its peak (~1.3 GB at batch 128) until it exits, which is what a batch job wants.
+time went to the kernel (bench/index_throughput.py, "choices"). Raising the threshold
+and the trim threshold keeps those blocks in the heap, reused batch after batch; the
+process keeps its peak (~1.3 GB at batch 128) until it exits, as a batch job may.
 Only glibc has mallopt; elsewhere this does nothing.
 """
 
