@@ -190,6 +190,37 @@ def choices(photos: str, weights: str, n: int = 384) -> None:
             print(f"    {label:40s} {steady(items):8.1f}")
     with ex.decoding(paths, pre, 1000.0, workers=cores) as items:
         print(f"    {f'{cores} DataLoader worker processes':40s} {steady(items):8.1f}")
+    jpeg_decoders(paths)
+
+
+def jpeg_decoders(paths: list[str]) -> None:
+    """Pillow (draft mode, as indexing decodes) beside simplejpeg (libjpeg-turbo's scale
+    factors, from the bytes in memory), ms a JPEG on one thread."""
+    import io
+
+    from alexsearch.images.decode import decode
+
+    jpegs = [open(p, "rb").read() for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
+    try:
+        import simplejpeg
+    except ImportError:
+        print("  JPEG decoders: simplejpeg is not installed; skipped")
+        return
+
+    def ms(fn) -> float:
+        t0 = time.perf_counter()
+        for raw in jpegs:
+            fn(raw)
+        return (time.perf_counter() - t0) / len(jpegs) * 1000
+
+    def pil(raw):
+        return decode(io.BytesIO(raw), draft_to=256, name="x.jpg")
+
+    def sj(raw):
+        return simplejpeg.decode_jpeg(raw, colorspace="RGB", min_height=256, min_width=256)
+
+    a, b = ms(pil), ms(sj)
+    print(f"  JPEG decode to >= 256, {len(jpegs)} photos: Pillow {a:.2f} ms, simplejpeg {b:.2f} ms")
 
 
 def phone_photos(src: str, out: Path, n: int = 200, heic: int = 50) -> str:
