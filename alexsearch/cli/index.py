@@ -44,7 +44,10 @@ def index(
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
     commit_every: int = typer.Option(256, "--commit-every", min=1, help="Files per commit."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on GPUs and CPUs with native bf16), fp32, bf16."
+        "auto",
+        "--precision",
+        help="auto (bf16 on GPUs and CPUs with native bf16; $ALEXSEARCH_PRECISION pins it), "
+        "fp32, bf16.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
