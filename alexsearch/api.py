@@ -24,9 +24,8 @@ import numpy as np
 from .errors import IndexError_, UserError
 from .images.decode import ImageError
 from .images.files import DEFAULT_MAX_MEGAPIXELS
-from .index import info, manifest
+from .index import BATCH, info, manifest
 from .index.build import IndexSummary
-from .index.network import BATCH
 from .index.search import QueryResult, Snapshot
 from .progress import Progress
 

@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "imagenet-sample.tar"
 PHONE_CACHE = Path(tempfile.gettempdir()) / "alexsearch-bench-phone"  # made once, kept
@@ -272,7 +274,7 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     runs = {"auto": [], "fp32": [], "peer": []}
     for _ in range(repeats):  # interleaved, so machine noise hits all alike
         for p in ("auto", "fp32"):
-            runs[p].append(run_ours(photos, weights, str(tmp / "ix"), p))
+            runs[p].append(run_ours(photos, weights, str(tmp / f"ix-{p}"), p))
         out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores)])
         runs["peer"].append({**json.loads(out), "seconds": seconds})
     med = statistics.median
@@ -294,6 +296,27 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     print(f"  {'peer (torchvision, eager)':28s} {peer_rate:8.1f} {1:7.2f}x")
     again = med(r["again"] for r in runs["fp32"])
     print(f"  re-index, nothing changed: {again:.2f} s")
+    if runs["auto"][0]["precision"] != "fp32":
+        cos = cosines(tmp / "ix-auto", tmp / "ix-fp32")
+        print(
+            f"  fc7 at {runs['auto'][0]['precision']} vs fp32, per photo ({len(cos)}): cosine "
+            f"min {cos.min():.6f}, median {np.median(cos):.6f}"
+        )
+
+
+def cosines(a: Path, b: Path):
+    """Cosine between the fc7 of each photo in index a and in index b."""
+    import sqlite3
+
+    def vecs(ix):
+        db = sqlite3.connect(ix / "catalogue.sqlite")
+        rows = db.execute("SELECT path, vector FROM files WHERE status = 'ok'")
+        return {p: np.frombuffer(v, np.float32) for p, v in rows}
+
+    va, vb = vecs(a), vecs(b)
+    common = sorted(set(va) & set(vb))
+    x, y = np.stack([va[p] for p in common]), np.stack([vb[p] for p in common])
+    return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
-from ..index.network import BATCH
+from ..index import BATCH
 from .render import (
     RichProgress,
     err,

@@ -19,12 +19,11 @@ from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
 from ..net.precision import combined, resolve_precision
 from ..progress import Progress
-from . import codes, vectors
+from . import BATCH, codes, vectors
 from .catalogue import Catalogue, Row
-from .decoding import DecodeAhead, decode_threads
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
-from .network import BATCH, LAYER, open_network
+from .network import LAYER, open_network
 
 # Files decoded ahead on a CPU: what the threads finish while torch is imported and the
 # network built (~2 s, ~3.5 ms a photo a thread), at ~150 KB a photo.
@@ -247,6 +246,8 @@ def _decoding(network, paths: list[str], workers: int | None, max_mp: float):
     room for what they decode meanwhile; else extract.decoding's choice for the device."""
     pre = network.preprocess
     if network.device_spec == "cpu" and not workers:
+        from .decoding import DecodeAhead, decode_threads  # Pillow: not for a re-index
+
         return DecodeAhead(paths, pre, max_mp, decode_threads(), ahead=STARTUP_AHEAD)
     from .extract import decoding, default_workers
 

@@ -25,8 +25,8 @@ from ..data.crops import centre_crop, load_256
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
 from ..images.preprocess import Preprocess
 from ..net.memory import reuse_freed_memory
+from . import BATCH
 from .decoding import DecodeAhead, Decoded, decode_file, decode_threads
-from .network import BATCH
 
 
 @dataclass

@@ -15,10 +15,6 @@ from ..net.precision import resolve_precision
 from ..weights.checkpoint import Checkpoint
 
 LAYER = "fc7"
-# Images a forward: the paper's training batch. On a 2-core CPU, 128 ran the network
-# ~1.2x faster than 32 (its fully connected layers read their 58M weights once a batch)
-# at ~1.3 GB of peak memory in bf16.
-BATCH = 128
 
 
 @dataclass
