@@ -228,7 +228,8 @@ def jpeg_decoders(paths: list[str]) -> None:
 
 def phone_photos(src: str, out: Path, n: int = 200, heic: int = 50) -> str:
     """n photos upscaled to a phone's 4032x3024, JPEG q90 with an EXIF orientation (the
-    camera turned: 6), and `heic` of them again as HEIC; made once (minutes) in `out` for later runs."""
+    camera turned: 6), and `heic` of them again as HEIC; made once (minutes) and kept in
+    `out` for later runs."""
     import pillow_heif
     from PIL import Image
 
