@@ -205,6 +205,7 @@ def _extract_into(
     cat, network, todo, summary, batch_size, workers, max_mp, progress, commit_every
 ) -> None:
     from .extract import decoding, default_workers, extract
+    from .gpu_decode import gpu_jpeg_wanted
 
     meta = {p: (s, m) for p, s, m in todo}
     done = pending = 0
@@ -212,7 +213,12 @@ def _extract_into(
     paths = [p for p, _, _ in todo]
     if workers is None:
         workers = 0 if network.device_spec == "cpu" else default_workers(network.device())
-    with decoding(paths, network.preprocess, max_mp, workers) as items:
+    gpu_jpeg = network.device_spec != "cpu" and gpu_jpeg_wanted(
+        network.preprocess, network.device().type, network.precision
+    )
+    with decoding(
+        paths, network.preprocess, max_mp, workers, batch_size=batch_size, gpu_jpeg=gpu_jpeg
+    ) as items:
         # decoding runs from here on; the torch network is built meanwhile
         model, device = network.model(), network.device()
         batches = extract(model, network.preprocess, items, batch_size, device, network.precision)

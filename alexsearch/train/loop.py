@@ -21,7 +21,7 @@ from ..progress import Progress, silent
 from ..weights import checkpoint
 from .config import TrainConfig, TrainError
 from .epoch import train_one_epoch, validate
-from .plan import Plan, setup_plan
+from .plan import Plan, all_union, setup_plan, teardown
 from .sgd import plateau_step
 from .start import Run, start_or_resume
 from .state import plan_to_grouped, rng_state
@@ -66,6 +66,13 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
     with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures)."""
     t_start = time.perf_counter()
     plan = setup_plan(cfg.device)
+    try:
+        return _run(cfg, plan, progress, resume, t_start)
+    finally:
+        teardown(plan)
+
+
+def _run(cfg: TrainConfig, plan: Plan, progress, resume: bool, t_start: float) -> TrainResult:
     report = progress if progress is not None and plan.main else silent
     r = start_or_resume(cfg, plan, report, resume)
     if resume and plan.main:
@@ -80,6 +87,7 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
         v1, v5, vn = validate(r, plan)
         if sums.seen == 0 or vn == 0:
             raise TrainError(f"epoch {epoch}: no readable image in the training or val set")
+        r.skipped = all_union(plan, r.skipped)  # whichever process met them
         row = {
             "epoch": epoch,
             "lr": state.lr,
