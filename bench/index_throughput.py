@@ -17,6 +17,7 @@ made from them: 200 upscaled to 4032x3024, JPEG quality 90 with an EXIF orientat
 tag, and 50 of those as HEIC. Then a re-index with nothing changed.
 
     python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N] [--skip-phone]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "imagenet-sample.tar"
 
 
-def peer(photos: str, workers: int) -> dict:
+DEVICE = "cpu"  # --device: where `alexsearch index`, the peer and the forward run
+
+
+def peer(photos: str, workers: int, device: str = "cpu") -> dict:
     """The usual eager loop; run in its own process by main()."""
     t0 = time.perf_counter()
     import faiss
@@ -53,7 +57,7 @@ def peer(photos: str, workers: int) -> dict:
     model = torchvision.models.alexnet(weights=None).eval()
     fc7 = torch.nn.Sequential(
         model.features, model.avgpool, torch.nn.Flatten(), *model.classifier[:6]
-    )
+    ).to(device)
     tf = T.Compose(
         [
             T.Resize(256),
@@ -81,7 +85,7 @@ def peer(photos: str, workers: int) -> dict:
     index = faiss.IndexFlatL2(4096)
     with torch.no_grad():
         for x in loader:
-            index.add(fc7(x).numpy())
+            index.add(fc7(x.to(device)).cpu().numpy())
     return {"images": index.ntotal, "seconds": time.perf_counter() - t0}
 
 
@@ -98,6 +102,7 @@ def run_ours(photos: str, weights: str, index_dir: str, precision: str) -> dict:
     shutil.rmtree(index_dir, ignore_errors=True)
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": weights}
     cmd = [sys.executable, "-m", "alexsearch", "index", photos, "--index", index_dir]
+    cmd += ["--device", DEVICE]
     out, seconds = cold([*cmd, "--precision", precision, "--json"], env)
     s = json.loads(out)
     again_out, again = cold([*cmd, "--json"], env)  # nothing changed: the incremental path
@@ -120,14 +125,17 @@ def forward_only(precision: str, batches: int = 6) -> float:
     from alexsearch.index.extract import autocast
     from alexsearch.weights import checkpoint
 
-    model = checkpoint.init_checkpoint(1000).build("cpu").to(memory_format=torch.channels_last)
-    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    cpu = torch.device("cpu")
-    with torch.inference_mode(), autocast(cpu, precision):
+    dev = torch.device("cuda" if DEVICE.startswith("cuda") else "cpu")
+    model = checkpoint.init_checkpoint(1000).build(dev).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(dev, precision):
         model.features(x)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(batches):
-            model.features(x)
+            y = model.features(x)
+        y.sum().item()  # waits for the device
     return 32 * batches / (time.perf_counter() - t0)
 
 
@@ -174,7 +182,7 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     for _ in range(repeats):  # interleaved, so machine noise hits all alike
         for p in ("auto", "fp32"):
             runs[p].append(run_ours(photos, weights, str(tmp / "ix"), p))
-        out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores)])
+        out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores), DEVICE])
         runs["peer"].append({**json.loads(out), "seconds": seconds})
     med = statistics.median
     n = runs["fp32"][0]["images"]
@@ -197,17 +205,24 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     print(f"  re-index, nothing changed: {again:.2f} s")
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--as-peer":
-        print(json.dumps(peer(sys.argv[2], int(sys.argv[3]))))
-        return
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", help="folder of photos [default: ../shared ImageNet sample]")
     ap.add_argument("--weights", help="checkpoint [default: a paper-initialised one]")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--limit", type=int, help="use only the first N photos")
     ap.add_argument("--skip-phone", action="store_true", help="only the first photo set")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="index --device (cpu, cuda); the peer's too")
+    return ap
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--as-peer":
+        print(json.dumps(peer(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+        return
+    args = parser().parse_args()
+    global DEVICE
+    DEVICE = args.device
     print(f"CPU: {cpu_description()}")
 
     tmp = Path(tempfile.mkdtemp(prefix="alexsearch-bench-"))

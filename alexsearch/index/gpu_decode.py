@@ -76,7 +76,11 @@ def read_for_gpu(path: str, pre: Preprocess, max_megapixels: float) -> Decoded |
 
 def nvjpeg(device) -> Callable[[list], list]:
     """The batch decoder: uint8 byte tensors -> uint8 RGB (3, H, W) tensors on `device`."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 points image decoding to torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(datas: list) -> list:
         return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
