@@ -69,6 +69,9 @@ def open_embedder(
     from ..weights import checkpoint
     from .extract import extract_one
 
+    from ..net.precision import configure_torch
+
+    configure_torch(benchmark=False)  # one image a call: IEEE fp32, no algorithm search
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev.type)
     ckpt = checkpoint.load(weights)
