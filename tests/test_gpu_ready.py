@@ -350,7 +350,8 @@ def test_workers_stack_each_batch_in_their_collate(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"")
     paths.insert(2, str(tmp_path / "bad.jpg"))
     pre = Preprocess()
-    with extract.decoding(paths, pre, workers=1, batch_size=4, pin=False) as items:
+    with extract.decoding(paths, pre, workers=1, batch_size=4) as items:
+        assert items._pin_memory == torch.cuda.is_available()  # pinned only for a GPU
         batches = list(items)
     assert [len(b.items) for b in batches] == [4, 2]
     assert batches[0].crops.shape == (3, 3, 224, 224) and batches[0].decoded == [0, 1, 3]

@@ -63,7 +63,8 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
     """Train (or continue, with resume=True and cfg.out the run folder) and return a summary.
 
     progress: "mean & PCA" (images), or "resumed after epoch"; then "epoch E/N" (batches,
-    with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures)."""
+    with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures).
+    Under torchrun the process group it started is ended on the way out, errors included."""
     t_start = time.perf_counter()
     plan = setup_plan(cfg.device)
     try:
