@@ -277,7 +277,7 @@ def test_validation_shards_count_every_image_once():
         assert got == list(range(n))
 
 
-def torchrun(tmp_path, data, *extra):
+def torchrun(tmp_path, data, *extra, procs=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(
         [
@@ -285,7 +285,7 @@ def torchrun(tmp_path, data, *extra):
             "-m",
             "torch.distributed.run",
             "--standalone",
-            "--nproc_per_node=2",
+            f"--nproc_per_node={procs}",
             str(ROOT / "tests" / "ddp_probe.py"),
             str(tmp_path),
             str(data),
@@ -297,7 +297,7 @@ def torchrun(tmp_path, data, *extra):
         timeout=SAFETY_TIMEOUT,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    return [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in (0, 1)]
+    return [json.loads((tmp_path / f"rank{k}.json").read_text()) for k in range(procs)]
 
 
 def test_ddp_ranks_augment_differently_count_once_gather_skips_and_end(data, tmp_path):
@@ -324,6 +324,11 @@ def test_a_nan_on_one_process_stops_all_with_its_message(data, tmp_path):
     assert r0["error"] == r1["error"] and "the loss became nan" in r0["error"]
     assert "process" in r0["error"] and "1" in r0["error"].split("process")[1]
     assert r0["group_ended"] and r1["group_ended"]
+
+
+def test_ddp_with_a_world_of_one_is_ddp(data, tmp_path):
+    (r0,) = torchrun(tmp_path, data, procs=1)
+    assert r0["error"] is None and r0["plan"] == "ddp x1 cpu" and r0["group_ended"]
 
 
 # --------------------------------------------------------------------------- extraction

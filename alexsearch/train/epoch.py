@@ -77,7 +77,7 @@ def train_one_epoch(
     t_train = time.perf_counter()
     for u8, labels, bad in run.train_loader:
         run.skipped.update(bad)
-        if len(labels) == 0 and plan.world == 1:
+        if len(labels) == 0 and not plan.ddp:
             continue
         if len(labels):
             x = run.inputs.augment(u8, gen, plan.devices)

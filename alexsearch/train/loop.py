@@ -156,7 +156,7 @@ def _weights(run: Run, plan: Plan) -> dict:
 def _result(run: Run, plan: Plan, t_start: float) -> TrainResult:
     final = checkpoint.fingerprint(_weights(run, plan))
     prints = [final]
-    if plan.world > 1:  # every replica says what it holds, so a divergence is visible
+    if plan.ddp:  # every replica says what it holds, so a divergence is visible
         import torch.distributed as dist
 
         prints = [None] * plan.world
@@ -164,9 +164,7 @@ def _result(run: Run, plan: Plan, t_start: float) -> TrainResult:
     state = run.state
     best = next((row for row in state.history if row["epoch"] == state.best_epoch), None)
     desc = (
-        f"ddp x{plan.world} {plan.device}"
-        if plan.world > 1
-        else ",".join(str(d) for d in plan.devices)
+        f"ddp x{plan.world} {plan.device}" if plan.ddp else ",".join(str(d) for d in plan.devices)
     )
     return TrainResult(
         run_dir=str(run.run_dir),

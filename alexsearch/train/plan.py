@@ -23,6 +23,7 @@ class Plan:
     rank: int = 0
     world: int = 1
     owns_group: bool = False  # setup_plan started the process group: teardown ends it
+    ddp: bool = False  # under torchrun: DistributedDataParallel and collectives, a world of one too
 
     @property
     def device(self) -> torch.device:
@@ -50,7 +51,8 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 
 def setup_plan(spec: str) -> Plan:
-    """torchrun sets RANK/WORLD_SIZE: then data parallelism, one process per device.
+    """torchrun sets RANK/WORLD_SIZE: then data parallelism, one process per device (a
+    world of one included: the same DDP wrapper and collectives, on one device).
 
     A CUDA device becomes the process's current device (so `cuda:1` allocates nothing
     on GPU 0), and torch's CUDA flags are set explicitly (net.precision.configure_torch:
@@ -58,14 +60,14 @@ def setup_plan(spec: str) -> Plan:
     from ..net.precision import configure_torch
 
     configure_torch(benchmark=True)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         plan = Plan(parse_devices(spec))
         if plan.cuda:
             torch.cuda.set_device(plan.device)
         return plan
     import torch.distributed as dist
 
+    world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     want_cuda = spec != "cpu" and torch.cuda.is_available()
@@ -79,7 +81,7 @@ def setup_plan(spec: str) -> Plan:
     owns = not dist.is_initialized()
     if owns:
         dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Plan([dev], rank=rank, world=world, owns_group=owns)
+    return Plan([dev], rank=rank, world=world, owns_group=owns, ddp=True)
 
 
 def teardown(plan: Plan) -> None:
@@ -93,7 +95,7 @@ def teardown(plan: Plan) -> None:
 
 
 def all_sum(plan: Plan, values: list[float]) -> list[float]:
-    if plan.world == 1:
+    if not plan.ddp:
         return values
     import torch.distributed as dist
 
@@ -104,7 +106,7 @@ def all_sum(plan: Plan, values: list[float]) -> list[float]:
 
 def every_process(plan: Plan, value: float) -> list[float]:
     """`value` of every process, by rank (one collective; [value] without DDP)."""
-    if plan.world == 1:
+    if not plan.ddp:
         return [value]
     import torch.distributed as dist
 
@@ -116,7 +118,7 @@ def every_process(plan: Plan, value: float) -> list[float]:
 
 def all_union(plan: Plan, items: dict) -> dict:
     """The union of every process's dict (each process's own entries win on its rank)."""
-    if plan.world == 1:
+    if not plan.ddp:
         return dict(items)
     import torch.distributed as dist
 

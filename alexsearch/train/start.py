@@ -162,7 +162,7 @@ def _shared_statistics(cfg, plan: Plan, run_dir: Path, train_samples, workers, p
     )
     if plan.main:
         atomic_write(run_dir / "stats.json", lambda f: f.write(json.dumps(stats).encode()))
-    if plan.world > 1:
+    if plan.ddp:
         import torch.distributed as dist
 
         box = [stats]
@@ -181,7 +181,7 @@ def _place(model: AlexNet, plan: Plan, cfg: TrainConfig):
     else:
         net = model.to(plan.device, memory_format=fmt)
         step_model = net
-        if plan.world > 1:
+        if plan.ddp:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [plan.device.index] if plan.cuda else None
