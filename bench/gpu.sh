@@ -31,7 +31,8 @@ case "${1:-}" in
 # rate twice, or the outer timeout ends it (the last whole epoch is on disk).
 import json, subprocess, sys
 from pathlib import Path
-py, split, run, chunk, most = sys.argv[1], sys.argv[2], Path(sys.argv[3]), 4, 60
+py, split, run, device = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+chunk, most = 4, 60
 base = [py, "-m", "alexsearch", "train"]
 epochs = 0
 while epochs < most:
@@ -40,12 +41,13 @@ while epochs < most:
         cmd = [*base, "--resume", str(run), "--epochs", str(epochs)]
     else:
         cmd = [*base, "--data", split, "--out", str(run), "--epochs", str(epochs),
-               "--batch-size", "128", "--lr", "0.0001", "--patience", "1", "--device", "cuda"]
+               "--batch-size", "128", "--lr", "0.0001", "--patience", "1", "--device", device]
     print("+", " ".join(cmd), flush=True)
     if subprocess.run(cmd).returncode != 0:
         sys.exit(1)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     drops = sum(1 for a, b in zip(rows, rows[1:]) if b["lr"] < a["lr"])
+    print(f"after {len(rows)} epochs: lr lowered {drops} times", flush=True)
     if drops >= 2:
         break
 PYEOF
@@ -140,7 +142,7 @@ step "index throughput" 70 "$PY" bench/index_throughput.py --device cuda --repea
 step "two towers" 30 "$PY" -m alexsearch train --data "$WORK/split" --out "$WORK/two" \
   --epochs 1 --limit 5000 --lr 0.0001 --device cuda:0,cuda:0
 [ "$DRY" = 1 ] || rm -rf "$RUN" "$WORK/two" "$WORK/ix"
-step "cifar10 train" 140 bash "$0" --cifar-chunks "$PY" "$WORK/split" "$RUN"
+step "cifar10 train" 140 bash "$0" --cifar-chunks "$PY" "$WORK/split" "$RUN" cuda
 [ "$DRY" = 1 ] || figures
 step "eval" 25 "$PY" -m alexsearch eval --data "$WORK/cifar10/test" --weights "$RUN/best.ckpt" \
   --device cuda --batch-size 256
