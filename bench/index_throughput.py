@@ -19,7 +19,7 @@ tag, and 50 of those as HEIC. Then a re-index with nothing changed. Between the 
 and decoding serially, on one thread, on a thread per core or in worker processes).
 
     python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N]
-                                     [--skip-phone] [--skip-choices]
+                                     [--skip-phone] [--skip-choices] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -44,7 +44,10 @@ SHARED = HERE.parent.parent / "shared" / "data" / "imagenet-sample.tar"
 PHONE_CACHE = Path(tempfile.gettempdir()) / "alexsearch-bench-phone"  # made once, kept
 
 
-def peer(photos: str, workers: int) -> dict:
+DEVICE = "cpu"  # --device: where `alexsearch index`, the peer and the forward run
+
+
+def peer(photos: str, workers: int, device: str = "cpu") -> dict:
     """The usual eager loop; run in its own process by main()."""
     t0 = time.perf_counter()
     import faiss
@@ -59,7 +62,7 @@ def peer(photos: str, workers: int) -> dict:
     model = torchvision.models.alexnet(weights=None).eval()
     fc7 = torch.nn.Sequential(
         model.features, model.avgpool, torch.nn.Flatten(), *model.classifier[:6]
-    )
+    ).to(device)
     tf = T.Compose(
         [
             T.Resize(256),
@@ -87,7 +90,7 @@ def peer(photos: str, workers: int) -> dict:
     index = faiss.IndexFlatL2(4096)
     with torch.no_grad():
         for x in loader:
-            index.add(fc7(x).numpy())
+            index.add(fc7(x.to(device)).cpu().numpy())
     return {"images": index.ntotal, "seconds": time.perf_counter() - t0}
 
 
@@ -104,6 +107,7 @@ def run_ours(photos: str, weights: str, index_dir: str, precision: str) -> dict:
     shutil.rmtree(index_dir, ignore_errors=True)
     env = {**os.environ, "ALEXSEARCH_WEIGHTS": weights}
     cmd = [sys.executable, "-m", "alexsearch", "index", photos, "--index", index_dir]
+    cmd += ["--device", DEVICE]
     out, seconds = cold([*cmd, "--precision", precision, "--json"], env)
     s = json.loads(out)
     again_out, again = cold([*cmd, "--json"], env)  # nothing changed: the incremental path
@@ -120,23 +124,14 @@ def run_ours(photos: str, weights: str, index_dir: str, precision: str) -> dict:
 
 
 def forward_only(precision: str, batch: int = 128, keep_freed: bool = True, batches=6) -> float:
-    """img/s of the paper network's forward, channels_last, at `precision`, in a fresh
-    process (glibc's allocator settings are per process: net/memory.py)."""
-    out, _ = cold(
-        [
-            sys.executable,
-            __file__,
-            "--as-forward",
-            precision,
-            str(batch),
-            str(int(keep_freed)),
-            str(batches),
-        ]
-    )
+    """img/s of the paper network's forward, channels_last, at `precision`, on DEVICE, in
+    a fresh process (glibc's allocator settings are per process: net/memory.py)."""
+    args = [precision, DEVICE, str(batch), str(int(keep_freed)), str(batches)]
+    out, _ = cold([sys.executable, __file__, "--as-forward", *args])
     return float(out)
 
 
-def _forward_rate(precision: str, batch: int, keep_freed: bool, batches: int) -> float:
+def _forward_rate(precision: str, batch: int, keep_freed: bool, batches: int, device: str):
     import torch
 
     from alexsearch.index.extract import autocast
@@ -145,14 +140,17 @@ def _forward_rate(precision: str, batch: int, keep_freed: bool, batches: int) ->
 
     if keep_freed:
         reuse_freed_memory()
-    model = checkpoint.init_checkpoint(1000).build("cpu").to(memory_format=torch.channels_last)
-    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
-    cpu = torch.device("cpu")
-    with torch.inference_mode(), autocast(cpu, precision):
+    dev = torch.device("cuda" if device.startswith("cuda") else "cpu")
+    model = checkpoint.init_checkpoint(1000).build(dev).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224, device=dev).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(dev, precision):
         model.features(x)  # warm-up
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(batches):
-            model.features(x)
+            y = model.features(x)
+        y.sum().item()  # waits for the device
     return batch * batches / (time.perf_counter() - t0)
 
 
@@ -277,7 +275,7 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     for _ in range(repeats):  # interleaved, so machine noise hits all alike
         for p in ("auto", "fp32"):
             runs[p].append(run_ours(photos, weights, str(tmp / f"ix-{p}"), p))
-        out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores)])
+        out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores), DEVICE])
         runs["peer"].append({**json.loads(out), "seconds": seconds})
     med = statistics.median
     n = runs["fp32"][0]["images"]
@@ -321,14 +319,7 @@ def cosines(a: Path, b: Path):
     return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
 
-def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--as-peer":
-        print(json.dumps(peer(sys.argv[2], int(sys.argv[3]))))
-        return
-    if len(sys.argv) == 6 and sys.argv[1] == "--as-forward":
-        prec, batch, keep, batches = sys.argv[2], *map(int, sys.argv[3:])
-        print(_forward_rate(prec, batch, bool(keep), batches))
-        return
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", help="folder of photos [default: ../shared ImageNet sample]")
     ap.add_argument("--weights", help="checkpoint [default: a paper-initialised one]")
@@ -336,7 +327,21 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="use only the first N photos")
     ap.add_argument("--skip-phone", action="store_true", help="only the first photo set")
     ap.add_argument("--skip-choices", action="store_true", help="no batch/allocator/pipeline")
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="index --device (cpu, cuda); the peer's too")
+    return ap
+
+
+def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--as-peer":
+        print(json.dumps(peer(sys.argv[2], int(sys.argv[3]), sys.argv[4])))
+        return
+    if len(sys.argv) == 7 and sys.argv[1] == "--as-forward":
+        prec, device, (batch, keep, batches) = sys.argv[2], sys.argv[3], map(int, sys.argv[4:])
+        print(_forward_rate(prec, batch, bool(keep), batches, device))
+        return
+    args = parser().parse_args()
+    global DEVICE
+    DEVICE = args.device
     print(f"CPU: {cpu_description()}")
 
     tmp = Path(tempfile.mkdtemp(prefix="alexsearch-bench-"))

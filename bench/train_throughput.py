@@ -68,12 +68,11 @@ def ours_step(device, compile_, classes, pre):
     opt = sgd.PaperSGD(net.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(0)
     autocast = plan.autocast_for(device, True)
+    feed = inputs.Inputs(pre, 0.1, [device], channels_last=True)
 
     def step(batch):
         u8, labels = batch[0], batch[1]
-        x = inputs.augment(u8, pre, gen, 0.1, device)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = feed.augment(u8, gen, [device])
         with autocast():
             loss = F.cross_entropy(model(x).float(), labels.to(device, non_blocking=True))
         opt.zero_grad(set_to_none=True)
@@ -112,7 +111,7 @@ def jpeg_folder(arg: str | None) -> Path:
     return root
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -120,8 +119,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--jpeg-dir")
     ap.add_argument("--compile", action="store_true")
-    a = ap.parse_args()
-    device = plan.parse_devices(a.device)[0]
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
+    device = plan.setup_plan(a.device).device  # its CUDA flags as training sets them
     bs, steps, classes = a.batch_size, a.steps, 10
     pre = preprocess.Preprocess(
         mean=[125.3, 123.0, 113.9],

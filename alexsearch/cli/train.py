@@ -24,7 +24,9 @@ def train(
     patience: int = typer.Option(
         None, "--patience", min=1, help="Epochs without a better val error before lr/10 (3)."
     ),
-    workers: int = typer.Option(None, "--workers", min=0, help="Decode processes (2)."),
+    workers: int = typer.Option(
+        None, "--workers", min=0, help="Decode processes (2 on a CPU; a GPU: one a core, <= 8)."
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Use at most N images per split."),
     seed: int = typer.Option(None, "--seed", help="Seed for init, data order, augmentation (0)."),
     device: str = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:0,cuda:1 (auto)."),
@@ -102,7 +104,12 @@ def eval_classification(
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
-    workers: int = typer.Option(2, "--workers", min=0, help="Decode processes."),
+    workers: int = typer.Option(
+        None, "--workers", min=0, help="Decode processes (2 on a CPU; a GPU: one a core, <= 8)."
+    ),
+    precision: str = typer.Option(
+        "fp32", "--precision", help="fp32 (IEEE, as training validates), bf16 or auto."
+    ),
     limit: int = typer.Option(None, "--limit", min=1, help="Evaluate at most N images."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
 ) -> None:
@@ -115,7 +122,7 @@ def eval_classification(
 
     with RichProgress() as progress:
         result = classification.evaluate_weights(
-            weights_path, data_dir, batch_size, workers, device, limit, progress
+            weights_path, data_dir, batch_size, workers, device, limit, progress, precision
         )
     if as_json:
         print_json(result.to_dict())

@@ -53,3 +53,15 @@ class RunningRGBStats:
         val, vec = torch.linalg.eigh(self.covariance())
         order = val.argsort(descending=True)
         return val[order].float(), vec[:, order].float()
+
+    def all_reduce(self, device="cpu") -> None:
+        """Add up every DDP process's sums (torch.distributed must be initialised)."""
+        import torch.distributed as dist
+
+        t = torch.cat(
+            [torch.tensor([float(self.n)], dtype=torch.float64), self.sum, self.outer.flatten()]
+        )
+        t = t.to(device)
+        dist.all_reduce(t)
+        t = t.cpu()
+        self.n, self.sum, self.outer = int(t[0]), t[1:4].clone(), t[4:].reshape(3, 3).clone()

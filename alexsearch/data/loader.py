@@ -4,6 +4,7 @@ failing, and the DataLoader over it."""
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -63,6 +64,29 @@ def collate(items):
     return torch.stack([it[0] for it in ok]), torch.tensor([it[1] for it in ok]), bad
 
 
+def default_workers(device) -> int:
+    """Decode processes for training and evaluation: a GPU needs a process per core (up
+    to 8) to stay busy; a CPU keeps its cores for the network and takes 2."""
+    cores = os.cpu_count() or 1
+    kind = getattr(device, "type", str(device).split(":")[0])
+    return min(8, cores) if kind == "cuda" else min(2, cores)
+
+
+class Shard(torch.utils.data.Sampler):
+    """Process `rank`'s share of n items for evaluation: every `world`-th from `rank`,
+    each item in exactly one share (DistributedSampler pads the shares to equal length by
+    repeating items, which would count them twice in an error rate)."""
+
+    def __init__(self, n: int, world: int, rank: int):
+        self.indices = range(rank, n, world)
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def loader(
     samples,
     batch_size,
@@ -71,7 +95,11 @@ def loader(
     pin=False,
     max_megapixels=DEFAULT_MAX_MEGAPIXELS,
     pre: Preprocess | None = None,
+    persistent: bool = False,
 ):
+    """Batches (uint8 (N, 3, 256, 256), labels, [(path, reason)] unreadable) in `workers`
+    processes; `persistent` keeps them from one pass (epoch) to the next; `pin` puts the
+    batches in pinned memory for asynchronous copies to a GPU."""
     return torch.utils.data.DataLoader(
         Images(samples, max_megapixels=max_megapixels, pre=pre),
         batch_size=batch_size,
@@ -80,6 +108,6 @@ def loader(
         num_workers=workers,
         collate_fn=collate,
         pin_memory=pin,
-        persistent_workers=False,
+        persistent_workers=bool(persistent and workers),
         prefetch_factor=4 if workers else None,
     )

@@ -60,14 +60,13 @@ def eval_folder(root) -> Path:
     return root / "val" if (root / "val").is_dir() else root
 
 
-def ten_crop_probs(model, u8, pre, device) -> torch.Tensor:
+def ten_crop_probs(model, u8, pre, device, precision: str = "fp32") -> torch.Tensor:
     """Softmax of the ten crops of each uint8 256 image: (N, 10, classes), crop 4 the centre."""
     # Subtract the mean before cropping, so a mean image is cropped with each crop.
-    crops = ten_crop(pre.normalize(u8.to(device)), pre.input_size)  # (N, 10, 3, s, s)
+    crops = ten_crop(pre.normalize(u8.to(device, non_blocking=True)), pre.input_size)
     n = crops.shape[0]
-    x = crops.reshape(n * 10, *crops.shape[2:])
-    with torch.no_grad():
-        return torch.softmax(model(x).float(), dim=1).view(n, 10, -1)
+    x = crops.reshape(n * 10, *crops.shape[2:])  # (N * 10, 3, s, s)
+    return torch.softmax(logits(model, x, precision), dim=1).view(n, 10, -1)
 
 
 CENTRE = 4  # index of the unmirrored centre crop in data.crops.ten_crop's order
@@ -81,20 +80,28 @@ def classify(
     device: str = "cpu",
     limit: int | None = None,
     progress: Progress | None = None,
+    precision: str = "fp32",
 ) -> ClassificationResult:
-    """Top-1/top-5 error of a checkpoint on a labelled folder, centre crop and ten-crop."""
+    """Top-1/top-5 error of a checkpoint on a labelled folder, centre crop and ten-crop,
+    computed at `precision` ("fp32" or "bf16"; net.precision) as training validates."""
+    from ..net.precision import configure_torch
+
+    configure_torch(benchmark=True)
+    device = torch.device(device)
     folder = eval_folder(root)
     classes, samples = labelled(folder, limit, seed=0)
     to_output, how = class_mapping(classes, ckpt.classes, ckpt.arch.num_classes)
     samples = [(p, to_output[y]) for p, y in samples]
     model = ckpt.build(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     c1 = c5 = t1 = t5 = n = 0
     skipped = []
-    batches = loader(samples, batch_size, workers, pre=ckpt.preprocess)
+    batches = loader(samples, batch_size, workers, pin=device.type == "cuda", pre=ckpt.preprocess)
     for b, (u8, labels, bad) in enumerate(batches):
         skipped += bad
         if len(labels):
-            probs = ten_crop_probs(model, u8, ckpt.preprocess, device).cpu()
+            probs = ten_crop_probs(model, u8, ckpt.preprocess, device, precision).cpu()
             a, z = topk_wrong(probs[:, CENTRE], labels)
             c1, c5 = c1 + a, c5 + z
             a, z = topk_wrong(probs.mean(1), labels)
@@ -115,21 +122,54 @@ def classify(
     )
 
 
-def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
-    """How many labels are outside the top-1 and the top-5 (top-min(5, C)) predictions."""
+def wrong_counts(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(labels outside the top-1, outside the top-5 (top-min(5, C))) as a tensor on
+    logits' device: no wait for the device (topk_wrong reads it)."""
     k = min(5, logits.shape[1])
     top = logits.topk(k, dim=1).indices
     hit = top == labels.view(-1, 1)
-    return int((~hit[:, 0]).sum()), int((~hit.any(1)).sum())
+    return torch.stack([(~hit[:, 0]).sum(), (~hit.any(1)).sum()])
+
+
+def topk_wrong(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """How many labels are outside the top-1 and the top-5 (top-min(5, C)) predictions."""
+    a, b = wrong_counts(logits, labels).tolist()
+    return int(a), int(b)
+
+
+def logits(model, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The network's float32 outputs for a float batch as evaluation computes them, in
+    `alexsearch eval` and in training's validation alike: at `precision` ("fp32": IEEE,
+    torch's flags set by net.precision.configure_torch; "bf16": autocast), channels_last
+    on CUDA."""
+    from ..net.precision import autocast
+
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(x.device.type, precision):
+        return model(x).float()
 
 
 def evaluate_weights(
-    weights, root, batch_size=32, workers=2, device="auto", limit=None, progress=None
+    weights,
+    root,
+    batch_size=32,
+    workers=None,
+    device="auto",
+    limit=None,
+    progress=None,
+    precision="fp32",
 ) -> ClassificationResult:
     """classify() with the weights the policy names (--weights, $ALEXSEARCH_WEIGHTS, the
-    fetched default) on the device a --device value names."""
+    fetched default) on the device a --device value names, at a --precision value
+    (auto: bf16 on a GPU); workers None: the device's default (data.loader)."""
+    from ..data.loader import default_workers
     from ..net.devices import resolve_device
+    from ..net.precision import resolve_precision
     from ..weights import checkpoint, locations
 
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev.type)
+    workers = default_workers(dev) if workers is None else workers
     ckpt = checkpoint.load(locations.resolve(weights))
-    return classify(ckpt, root, batch_size, workers, resolve_device(device), limit, progress)
+    return classify(ckpt, root, batch_size, workers, dev, limit, progress, precision)

@@ -213,7 +213,7 @@ def _extract_into(
     t = time.perf_counter()
     first = None  # (time, count) when the first batch came out: the steady rate's start
     paths = [p for p, _, _ in todo]
-    with _decoding(network, paths, workers, max_mp) as items:
+    with _decoding(network, paths, workers, max_mp, batch_size) as items:
         from .extract import extract  # imports torch (~1.7 s): decoding runs meanwhile
 
         model, device = network.model(), network.device()
@@ -240,7 +240,7 @@ def _extract_into(
     summary.images_per_s = (done - n0) / max(time.perf_counter() - t0, 1e-9)
 
 
-def _decoding(network, paths: list[str], workers: int | None, max_mp: float):
+def _decoding(network, paths: list[str], workers: int | None, max_mp: float, batch_size: int):
     """The decoded files, in order, as a context manager. On a CPU without --workers: a
     thread per core, started before torch is imported (decoding.py needs no torch), with
     room for what they decode meanwhile; else extract.decoding's choice for the device."""
@@ -250,10 +250,14 @@ def _decoding(network, paths: list[str], workers: int | None, max_mp: float):
 
         return DecodeAhead(paths, pre, max_mp, decode_threads(), ahead=STARTUP_AHEAD)
     from .extract import decoding, default_workers
+    from .gpu_decode import gpu_jpeg_wanted
 
     if workers is None:
         workers = default_workers(network.device())
-    return decoding(paths, pre, max_mp, workers)
+    gpu_jpeg = network.device_spec != "cpu" and gpu_jpeg_wanted(
+        pre, network.device().type, network.precision
+    )
+    return decoding(paths, pre, max_mp, workers, batch_size=batch_size, gpu_jpeg=gpu_jpeg)
 
 
 def publish(index_dir: Path, cat: Catalogue, manifest: Manifest, kind: str, max_memory=None):

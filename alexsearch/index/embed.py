@@ -66,9 +66,11 @@ def open_embedder(
                 "numpy",
             )
     from ..net.devices import resolve_device
+    from ..net.precision import configure_torch
     from ..weights import checkpoint
     from .extract import extract_one
 
+    configure_torch(benchmark=False)  # one image a call: IEEE fp32, no algorithm search
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev.type)
     ckpt = checkpoint.load(weights)

@@ -4,9 +4,13 @@ Files are decoded ahead of the network (decoding.py): on a thread per core of th
 process by default on a CPU, filling the time the network's own threads wait on memory
 (measured faster on 2 cores than decoding between batches or in worker processes:
 bench/index_throughput.py), or in `workers` DataLoader processes (the default with a
-GPU, which needs them all to stay busy). The network runs in
-batches, channels_last, in fp32 or bf16 autocast (the index's precision). A file that
-cannot be decoded comes back with its reason instead of a vector; it never stops a run.
+GPU, which needs them all to stay busy). The network runs in batches, channels_last, in
+fp32 or bf16 autocast (the index's precision), with torch's CUDA flags set explicitly
+(net.precision.configure_torch: fp32 is IEEE, no TF32). The worker processes stack each
+batch's crops in their collate and the batch is pinned, so the copy to a GPU is
+asynchronous; with `gpu_jpeg` (a bf16 index on CUDA) they only read and hash JPEGs, and
+the GPU decodes them (gpu_decode.py). A file that cannot be decoded comes back with its
+reason instead of a vector; it never stops a run.
 
 Imports torch.
 """
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +31,7 @@ from ..images.preprocess import Preprocess
 from ..net.memory import reuse_freed_memory
 from . import BATCH
 from .decoding import DecodeAhead, Decoded, decode_file, decode_threads
+from .gpu_decode import Encoded, decode_batch, nvjpeg, read_for_gpu
 
 
 @dataclass
@@ -45,18 +50,42 @@ def default_workers(device: torch.device) -> int:
 
 
 class _Files(torch.utils.data.Dataset):
-    def __init__(self, paths: list[str], pre: Preprocess, max_megapixels: float):
+    def __init__(self, paths: list[str], pre: Preprocess, max_megapixels: float, gpu_jpeg=False):
         self.paths, self.pre, self.max_megapixels = paths, pre, max_megapixels
+        self.read = read_for_gpu if gpu_jpeg else decode_file
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> Decoded:
-        return decode_file(self.paths[i], self.pre, self.max_megapixels)
+    def __getitem__(self, i: int) -> Decoded | Encoded:
+        return self.read(self.paths[i], self.pre, self.max_megapixels)
 
 
-def _as_is(item):
-    return item
+@dataclass
+class Batch:
+    """A batch as the worker processes hand it over: every item in order (crops left
+    out), and the CPU-decoded crops stacked (uint8 (k, 3, s, s), None when none)."""
+
+    items: list  # Decoded (crop=None) or Encoded
+    crops: torch.Tensor | None
+    decoded: list[int]  # positions in items of the rows of crops
+
+    def pin_memory(self) -> Batch:  # DataLoader(pin_memory=True) calls this
+        if self.crops is not None:
+            self.crops = self.crops.pin_memory()
+        return self
+
+
+def collate(items: list) -> Batch:
+    """Stack the decoded crops in the worker (one array, not one per image), keep the
+    rest as it is."""
+    decoded = [i for i, d in enumerate(items) if isinstance(d, Decoded) and d.crop is not None]
+    crops = None
+    if decoded:
+        crops = torch.from_numpy(np.stack([items[i].crop for i in decoded]))
+        for i in decoded:
+            items[i].crop = None
+    return Batch(items, crops, decoded)
 
 
 @contextmanager
@@ -66,18 +95,27 @@ def decoding(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     workers: int = 0,
     threads: int | None = None,
+    batch_size: int = 32,
+    gpu_jpeg: bool = False,
+    pin: bool | None = None,
 ):
-    """The decoded files, in order: from `workers` processes, else from `threads` threads
-    (None: decode_threads()) that start at once, before the network is ready."""
+    """The decoded files, in order: Batches of `batch_size` from `workers` processes
+    (pinned when `pin`, None: when CUDA is there), else single files from `threads`
+    threads (None: decode_threads()) that start at once, before the network is ready.
+    gpu_jpeg: JPEGs are only read and hashed (gpu_decode.read_for_gpu), for the GPU."""
     if workers > 0:
         loader = torch.utils.data.DataLoader(
-            _Files(paths, pre, max_megapixels),
-            batch_size=None,
-            collate_fn=_as_is,  # Decoded as it is: no conversion to tensors
+            _Files(paths, pre, max_megapixels, gpu_jpeg),
+            batch_size=batch_size,
+            collate_fn=collate,
             num_workers=workers,
-            prefetch_factor=16,
+            pin_memory=torch.cuda.is_available() if pin is None else pin,
+            prefetch_factor=4,
         )
         yield iter(loader)
+        return
+    if gpu_jpeg:
+        yield (read_for_gpu(p, pre, max_megapixels) for p in paths)
         return
     with DecodeAhead(
         paths, pre, max_megapixels, decode_threads() if threads is None else threads
@@ -88,47 +126,93 @@ def decoding(
 def extract(
     model: torch.nn.Module,
     pre: Preprocess,
-    items: Iterable[Decoded],
+    items: Iterable,
     batch_size: int = BATCH,
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
+    jpeg_decoder=None,
 ) -> Iterator[list[Extracted]]:
-    """Yield one list of results per batch of `items` (decoding's), in their order."""
+    """Yield one list of results per batch of `items` (decoding's: Batches as they come,
+    single files in batches of `batch_size`), in their order. Encoded JPEGs go to
+    `jpeg_decoder` (None: nvJPEG on `device`), a batch at a time."""
+    from ..net.precision import configure_torch
+
+    configure_torch(benchmark=True)
     reuse_freed_memory()  # batches reuse their memory instead of page-faulting it anew
+    device = torch.device(device)
     fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).eval()
-    batch: list[Decoded] = []
+    decoder = jpeg_decoder
+    batch: list = []
     with torch.inference_mode():
         for item in items:
+            if isinstance(item, Batch):
+                if batch:
+                    yield _forward(model, pre, Batch(batch, None, []), device, precision, decoder)
+                    batch = []
+                if decoder is None and any(isinstance(d, Encoded) for d in item.items):
+                    decoder = nvjpeg(device)
+                yield _forward(model, pre, item, device, precision, decoder)
+                continue
+            if decoder is None and isinstance(item, Encoded):
+                decoder = nvjpeg(device)
             batch.append(item)
             if len(batch) == batch_size:
-                yield _forward(model, pre, batch, device, precision)
+                yield _forward(model, pre, Batch(batch, None, []), device, precision, decoder)
                 batch = []
         if batch:
-            yield _forward(model, pre, batch, device, precision)
+            yield _forward(model, pre, Batch(batch, None, []), device, precision, decoder)
 
 
 def autocast(device: torch.device, precision: str):
     """bf16 autocast for precision "bf16" (the weights stay fp32), nothing for "fp32"."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
+    from ..net.precision import autocast as _autocast
+
+    return _autocast(torch.device(device).type, precision)
 
 
-def _forward(model, pre: Preprocess, batch: list[Decoded], device, precision) -> list[Extracted]:
-    ok = [d for d in batch if d.crop is not None]
-    vectors = {}
-    if ok:
-        x = torch.from_numpy(np.stack([d.crop for d in ok]))
+def _forward(model, pre: Preprocess, b: Batch, device, precision, decoder) -> list[Extracted]:
+    items = list(b.items)
+    parts, rows = [], []  # uint8 crops on the device, and the item positions they hold
+    if b.crops is not None:
+        parts.append(b.crops.to(device, non_blocking=True))
+        rows += b.decoded
+    cpu = [i for i, d in enumerate(items) if isinstance(d, Decoded) and d.crop is not None]
+    if cpu:  # decoded on this process's threads
+        x = torch.from_numpy(np.stack([items[i].crop for i in cpu]))
         if device.type == "cuda":
-            x = x.pin_memory()  # so the copy below overlaps the work before it
-        x = x.to(device, non_blocking=True)
+            x = x.pin_memory()  # so the copy overlaps the work before it
+        parts.append(x.to(device, non_blocking=True))
+        rows += cpu
+    enc = [i for i, d in enumerate(items) if isinstance(d, Encoded)]
+    if enc:
+        done, crops, thumbs, refused = decode_batch([items[i] for i in enc], pre, decoder, device)
+        where = {id(items[i]): i for i in enc}
+        for e, t in zip(done, thumbs, strict=True):
+            items[where[id(e)]] = Decoded(e.path, None, "", e.digest, t)
+        if crops is not None:
+            parts.append(crops)
+            rows += [where[id(e)] for e in done]
+        fallback = []
+        for e in refused:  # the CPU decoder takes it, or says why it cannot be used
+            i = where[id(e)]
+            items[i] = decode_file(e.path, pre, e.max_megapixels or DEFAULT_MAX_MEGAPIXELS)
+            if items[i].crop is not None:
+                fallback.append(i)
+        if fallback:
+            parts.append(torch.from_numpy(np.stack([items[i].crop for i in fallback])).to(device))
+            rows += fallback
+    vectors = {}
+    if parts:
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
         x = pre.normalize(x).contiguous(memory_format=torch.channels_last)
         with autocast(device, precision):
             feats = model.features(x)
         feats = feats.float().cpu().numpy()
-        vectors = {id(d): feats[j] for j, d in enumerate(ok)}
-    return [Extracted(d.path, vectors.get(id(d)), d.reason, d.digest, d.thumb) for d in batch]
+        vectors = {i: feats[j] for j, i in enumerate(rows)}
+    return [
+        Extracted(d.path, vectors.get(i), d.reason, d.digest, d.thumb) for i, d in enumerate(items)
+    ]
 
 
 def extract_one(

@@ -30,7 +30,15 @@ def local_response_norm(x: torch.Tensor, cfg: LRNConfig, groups: int = 1) -> tor
     written in x's memory format so that the max-pool after it keeps oneDNN's
     channels_last fast path (see bench/forward.py). The power uses rsqrt for beta=0.75
     (t^-0.75 = t^-0.5 * t^-0.25), cheaper than a general pow.
+
+    A half-precision x (bf16 autocast) is normalised in float32 and cast back, in
+    training and in evaluation alike: a sum of 5 squares and a power are where bf16's
+    8-bit mantissa would show, and autocast alone would treat the two passes differently
+    (its fp32 list has pow, which only the training formula calls).
     """
+    if x.dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast(x.device.type, enabled=False):
+            return local_response_norm(x.float(), cfg, groups).to(x.dtype)
     g = groups if cfg.per_tower else 1
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
@@ -194,9 +202,11 @@ def _tower_layer(layer: nn.Module, towers: int) -> nn.Module:
 class TwoDeviceAlexNet(nn.Module):
     """Two-device plan: tower t's parameters live on devices[t] (the paper's two GPUs).
 
-    The towers exchange activations only before conv3 and before fc6, fc7 and fc8
-    (fc8 runs on the first device). ``grouped_state_dict`` gives back the one-device
-    layout, so checkpoints are the same whichever plan trained them.
+    The towers exchange activations only before conv3 and before fc6 and fc7; fc7's
+    halves meet on the first device, where fc8 runs. The input is one tensor (copied to
+    each device) or a list of one per device (training sends tower 1 its uint8 crops and
+    normalises them there). ``grouped_state_dict`` gives back the one-device layout, so
+    checkpoints are the same whichever plan trained them.
     """
 
     def __init__(self, model: AlexNet, devices: list[torch.device | str]):
@@ -230,11 +240,12 @@ class TwoDeviceAlexNet(nn.Module):
         """Each device gets both towers' activations, tower 0's channels first."""
         return [torch.cat([p.to(dev) for p in parts], 1) for dev in self.devices]
 
-    def _fc_inputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def _fc_inputs(self, x) -> list[torch.Tensor]:
         p = self.cfg.dropout
+        xs = list(x) if isinstance(x, (list, tuple)) else [x] * len(self.devices)
         per_tower = []
-        for tower, dev in zip(self.towers, self.devices, strict=True):
-            a = F.max_pool2d(self._lrn(F.relu(tower.conv1(x.to(dev)))), 3, 2)
+        for tower, dev, xt in zip(self.towers, self.devices, xs, strict=True):
+            a = F.max_pool2d(self._lrn(F.relu(tower.conv1(xt.to(dev)))), 3, 2)
             per_tower.append(F.max_pool2d(self._lrn(F.relu(tower.conv2(a))), 3, 2))
         both = self._exchange(per_tower)
         pooled = []
@@ -252,10 +263,11 @@ class TwoDeviceAlexNet(nn.Module):
             for tower, f in zip(self.towers, fc6, strict=True)
         ]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._exchange(self._fc_inputs(x))[0]
+    def features(self, x) -> torch.Tensor:
+        """fc7 on the first device (tower 0's units first)."""
+        return torch.cat([f.to(self.devices[0]) for f in self._fc_inputs(x)], 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor:
         return self.fc8(self.features(x))
 
     def grouped_state_dict(self) -> dict[str, torch.Tensor]:

@@ -6,7 +6,8 @@ bf16 inputs): ~1.4x faster than fp32 for this network on CPUs with native bf16
 (tests/test_precision.py); on other CPUs bf16 is emulated and slower, so `auto` keeps
 fp32 there. $ALEXSEARCH_PRECISION (fp32 or bf16), where set, is what `auto` takes
 instead, on every machine: a user (or a test suite) that wants the same vectors from
-every machine pins it once. Torch-free: the CPU's flags come from /proc/cpuinfo.
+every machine pins it once. The choice is torch-free (the CPU's flags come from
+/proc/cpuinfo); `configure_torch` sets torch's CUDA flags to match it.
 """
 
 from __future__ import annotations
@@ -57,3 +58,30 @@ def combined(a: str, b: str) -> str:
     """The precision of an index holding vectors made at `a` and at `b` ("bf16+fp32")."""
     parts = set(a.split("+")) | set(b.split("+"))
     return "+".join(sorted(parts))
+
+
+def configure_torch(benchmark: bool = True) -> None:
+    """Set torch's CUDA arithmetic explicitly, whatever torch's defaults are: float32 is
+    IEEE float32 (no TF32 in cuDNN convolutions or cuBLAS products, which would hold fc7
+    ~4e-3 (L2, relative) away from the CPU's); bf16 is only ever the autocast a
+    precision of "bf16" asks for. `benchmark` lets cuDNN time its algorithms for the
+    fixed shapes of a batch loop (not bitwise deterministic). Every entry point that runs
+    the network on torch calls this first (indexing, evaluation, training), so no flag
+    depends on what ran before in the process. The flags act only on CUDA; imports torch."""
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = bool(benchmark)
+    torch.backends.cudnn.deterministic = False
+
+
+def autocast(device_type: str, precision: str):
+    """bf16 autocast for precision "bf16" (the weights stay fp32), nothing for "fp32"."""
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device_type, dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()

@@ -35,7 +35,7 @@ class TrainConfig:
     lr_drop: float = 10.0
     dropout: float = 0.5
     lighting_std: float = 0.1
-    workers: int = 2
+    workers: int | None = None  # decode processes (None: data.loader.default_workers)
     limit: int | None = None  # images per split, for quick runs
     seed: int = 0
     device: str = "auto"

@@ -1,9 +1,16 @@
 """One epoch of a run: the training pass (the paper's augmented inputs, one PaperSGD step
 a batch) and the centre-crop validation pass, each summed over the processes.
 
-Data order and augmentation are functions of (seed, epoch) only: the sampler takes
+Data order and augmentation are functions of (seed, epoch, rank) only: the sampler takes
 ``set_epoch`` and the crops, flips, lighting and dropout draw from generators reseeded here
-at the epoch's start, so a resumed run repeats exactly what an uninterrupted one did.
+at the epoch's start, with each DDP process's rank mixed in (so process r's image i is not
+augmented like process 0's), so a resumed run repeats exactly what an uninterrupted one
+did.
+
+A step never waits for the device: the loss and the top-1/top-5 counters add up on it
+and are read every READ_EVERY steps (the progress figures and the check for a loss that
+is not finite, which under DDP every process makes together, so each stops with the
+same message).
 
 Imports torch.
 """
@@ -17,13 +24,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..evaluate.classification import topk_wrong
+from ..evaluate.classification import logits as eval_logits
+from ..evaluate.classification import wrong_counts
 from ..progress import Progress
 from .config import TrainConfig, TrainError
-from .inputs import augment, centre_input
-from .plan import Plan, all_sum
+from .plan import Plan, all_sum, every_process
 from .start import Run
 from .state import epoch_seed
+
+READ_EVERY = 50  # steps between reads of the counters on the device (each read waits)
 
 
 @dataclass
@@ -37,12 +46,24 @@ class TrainSums:
     seconds: float
 
 
+def _check_finite(plan: Plan, epoch: int, loss_sum: float) -> None:
+    """Stop every process, with one message, once any process's loss is not finite."""
+    sums = every_process(plan, loss_sum)
+    bad = [r for r, v in enumerate(sums) if not math.isfinite(v)]
+    if bad:
+        where = f" on process {', '.join(map(str, bad))}" if plan.world > 1 else ""
+        raise TrainError(
+            f"epoch {epoch}: the loss became {sums[bad[0]]}{where}; lower --lr and start again"
+        )
+
+
 def train_one_epoch(
     run: Run, cfg: TrainConfig, plan: Plan, epoch: int, progress: Progress
 ) -> TrainSums:
     """Epoch `epoch` of training at run.state.lr; progress: f"epoch {epoch}/{cfg.epochs}"
-    (batches, with lr, then loss and img_per_s). Unreadable images go to run.skipped."""
-    seed = epoch_seed(cfg.seed, epoch)
+    (batches, with lr, then img_per_s, and the loss every READ_EVERY steps). Unreadable
+    images go to run.skipped."""
+    seed = epoch_seed(cfg.seed, epoch, plan.rank)
     torch.manual_seed(seed)  # dropout
     gen = torch.Generator().manual_seed(seed + 1)  # crops, flips, lighting
     run.sampler.set_epoch(epoch)
@@ -51,14 +72,15 @@ def train_one_epoch(
     stage, batches, batch = f"epoch {epoch}/{cfg.epochs}", len(run.train_loader), 0
     progress(stage, 0, batches, lr=run.state.lr)
     run.step_model.train()
-    loss_sum = wrong1 = wrong5 = seen = 0.0
+    sums = torch.zeros(3, dtype=torch.float64, device=plan.device)  # loss, wrong1, wrong5
+    seen, step, shown = 0, 0, {}
     t_train = time.perf_counter()
     for u8, labels, bad in run.train_loader:
         run.skipped.update(bad)
-        if len(labels) == 0 and plan.world == 1:
+        if len(labels) == 0 and not plan.ddp:
             continue
         if len(labels):
-            x = augment(u8, run.pre, gen, cfg.lighting_std, plan.device)
+            x = run.inputs.augment(u8, gen, plan.devices)
             labels = labels.to(plan.device, non_blocking=True)
             weight = 1.0
         else:  # DDP: every process must join every step, so take one with zero weight
@@ -66,26 +88,27 @@ def train_one_epoch(
             x = torch.zeros(1, 3, size, size, device=plan.device)
             labels = torch.zeros(1, dtype=torch.long, device=plan.device)
             weight = 0.0
-        if plan.cuda and cfg.channels_last and not plan.two_towers:
-            x = x.contiguous(memory_format=torch.channels_last)
         with run.autocast():
             logits = run.step_model(x)
             loss = F.cross_entropy(logits.float(), labels) * weight
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
+        step += 1
         if weight:
             n = len(labels)
-            w1, w5 = topk_wrong(logits.detach().float(), labels)
-            loss_sum += float(loss.detach()) * n
-            wrong1, wrong5, seen = wrong1 + w1, wrong5 + w5, seen + n
-            rate = seen * plan.world / max(time.perf_counter() - t_train, 1e-9)
-            batch += 1
-            progress(stage, batch, batches, loss=loss_sum / seen, img_per_s=rate)
-            if not math.isfinite(float(loss.detach())):
-                raise TrainError(
-                    f"epoch {epoch}: the loss became {float(loss)}; lower --lr and start again"
-                )
+            with torch.no_grad():
+                counts = wrong_counts(logits.detach().float(), labels)
+                sums += torch.cat([(loss.detach() * n).view(1), counts]).double()
+            seen, batch = seen + n, batch + 1
+        if step % READ_EVERY == 0:
+            loss_sum = sums[0].item()
+            _check_finite(plan, epoch, loss_sum)
+            shown = {"loss": loss_sum / max(seen, 1)}
+        rate = seen * plan.world / max(time.perf_counter() - t_train, 1e-9)
+        progress(stage, batch, batches, **shown, img_per_s=rate)
+    loss_sum, wrong1, wrong5 = sums.tolist()
+    _check_finite(plan, epoch, loss_sum)
     seconds = time.perf_counter() - t_train
     loss_sum, wrong1, wrong5, seen = all_sum(plan, [loss_sum, wrong1, wrong5, seen])
     return TrainSums(loss_sum, wrong1, wrong5, seen, seconds)
@@ -94,19 +117,24 @@ def train_one_epoch(
 @torch.no_grad()
 def validate(run: Run, plan: Plan) -> tuple[float, float, float]:
     """(wrong top-1, wrong top-5, images) of the centre crops of the validation set, summed
-    over the processes. Unreadable images go to run.skipped."""
+    over the processes (each image counted once), computed as `alexsearch eval` computes
+    its centre-crop error (evaluate.classification.logits: IEEE fp32, channels_last on
+    CUDA), whatever the training step's autocast. Unreadable images go to run.skipped."""
     run.step_model.eval()
-    w1 = w5 = n = 0
+    counts = torch.zeros(2, dtype=torch.float64, device=plan.device)
+    n = 0
     for u8, labels, bad in run.val_loader:
         run.skipped.update(bad)
         if len(labels) == 0:
             continue
-        x = centre_input(u8, run.pre, plan.device)
-        if plan.cuda and not plan.two_towers:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with run.autocast():
-            logits = run.step_model(x).float()
-        a, b = topk_wrong(logits, labels.to(logits.device))
-        w1, w5, n = w1 + a, w5 + b, n + len(labels)
+        x = run.inputs.centre(u8, plan.devices)
+        if plan.two_towers:
+            with torch.autocast(plan.device.type, enabled=False):
+                out = run.step_model(x).float()
+        else:
+            out = eval_logits(run.step_model, x, "fp32")
+        counts += wrong_counts(out, labels.to(out.device, non_blocking=True)).double()
+        n += len(labels)
+    w1, w5 = counts.tolist()
     w1, w5, n = all_sum(plan, [w1, w5, n])
     return w1, w5, n

@@ -21,7 +21,7 @@ from ..progress import Progress, silent
 from ..weights import checkpoint
 from .config import TrainConfig, TrainError
 from .epoch import train_one_epoch, validate
-from .plan import Plan, setup_plan
+from .plan import Plan, all_union, setup_plan, teardown
 from .sgd import plateau_step
 from .start import Run, start_or_resume
 from .state import plan_to_grouped, rng_state
@@ -63,9 +63,17 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
     """Train (or continue, with resume=True and cfg.out the run folder) and return a summary.
 
     progress: "mean & PCA" (images), or "resumed after epoch"; then "epoch E/N" (batches,
-    with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures)."""
+    with lr, loss and img_per_s) and "epochs" (with the epoch's metrics row as figures).
+    Under torchrun the process group it started is ended on the way out, errors included."""
     t_start = time.perf_counter()
     plan = setup_plan(cfg.device)
+    try:
+        return _run(cfg, plan, progress, resume, t_start)
+    finally:
+        teardown(plan)
+
+
+def _run(cfg: TrainConfig, plan: Plan, progress, resume: bool, t_start: float) -> TrainResult:
     report = progress if progress is not None and plan.main else silent
     r = start_or_resume(cfg, plan, report, resume)
     if resume and plan.main:
@@ -80,6 +88,7 @@ def run(cfg: TrainConfig, progress: Progress | None = None, resume: bool = False
         v1, v5, vn = validate(r, plan)
         if sums.seen == 0 or vn == 0:
             raise TrainError(f"epoch {epoch}: no readable image in the training or val set")
+        r.skipped = all_union(plan, r.skipped)  # whichever process met them
         row = {
             "epoch": epoch,
             "lr": state.lr,
@@ -147,7 +156,7 @@ def _weights(run: Run, plan: Plan) -> dict:
 def _result(run: Run, plan: Plan, t_start: float) -> TrainResult:
     final = checkpoint.fingerprint(_weights(run, plan))
     prints = [final]
-    if plan.world > 1:  # every replica says what it holds, so a divergence is visible
+    if plan.ddp:  # every replica says what it holds, so a divergence is visible
         import torch.distributed as dist
 
         prints = [None] * plan.world
@@ -155,9 +164,7 @@ def _result(run: Run, plan: Plan, t_start: float) -> TrainResult:
     state = run.state
     best = next((row for row in state.history if row["epoch"] == state.best_epoch), None)
     desc = (
-        f"ddp x{plan.world} {plan.device}"
-        if plan.world > 1
-        else ",".join(str(d) for d in plan.devices)
+        f"ddp x{plan.world} {plan.device}" if plan.ddp else ",".join(str(d) for d in plan.devices)
     )
     return TrainResult(
         run_dir=str(run.run_dir),

@@ -22,6 +22,8 @@ class Plan:
     devices: list[torch.device]
     rank: int = 0
     world: int = 1
+    owns_group: bool = False  # setup_plan started the process group: teardown ends it
+    ddp: bool = False  # under torchrun: DistributedDataParallel and collectives, a world of one too
 
     @property
     def device(self) -> torch.device:
@@ -49,12 +51,23 @@ def parse_devices(spec: str) -> list[torch.device]:
 
 
 def setup_plan(spec: str) -> Plan:
-    """torchrun sets RANK/WORLD_SIZE: then data parallelism, one process per device."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Plan(parse_devices(spec))
+    """torchrun sets RANK/WORLD_SIZE: then data parallelism, one process per device (a
+    world of one included: the same DDP wrapper and collectives, on one device).
+
+    A CUDA device becomes the process's current device (so `cuda:1` allocates nothing
+    on GPU 0), and torch's CUDA flags are set explicitly (net.precision.configure_torch:
+    IEEE fp32, cuDNN benchmark). End it with teardown()."""
+    from ..net.precision import configure_torch
+
+    configure_torch(benchmark=True)
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        plan = Plan(parse_devices(spec))
+        if plan.cuda:
+            torch.cuda.set_device(plan.device)
+        return plan
     import torch.distributed as dist
 
+    world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     local = int(os.environ.get("LOCAL_RANK", rank))
     want_cuda = spec != "cpu" and torch.cuda.is_available()
@@ -65,13 +78,24 @@ def setup_plan(spec: str) -> Plan:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         dist.init_process_group("nccl" if want_cuda else "gloo")
-    return Plan([dev], rank=rank, world=world)
+    return Plan([dev], rank=rank, world=world, owns_group=owns, ddp=True)
+
+
+def teardown(plan: Plan) -> None:
+    """End the process group setup_plan started (every process calls it, also on errors)."""
+    if plan.owns_group:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        plan.owns_group = False
 
 
 def all_sum(plan: Plan, values: list[float]) -> list[float]:
-    if plan.world == 1:
+    if not plan.ddp:
         return values
     import torch.distributed as dist
 
@@ -80,10 +104,35 @@ def all_sum(plan: Plan, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def every_process(plan: Plan, value: float) -> list[float]:
+    """`value` of every process, by rank (one collective; [value] without DDP)."""
+    if not plan.ddp:
+        return [value]
+    import torch.distributed as dist
+
+    t = torch.zeros(plan.world, dtype=torch.float64, device=plan.device)
+    t[plan.rank] = value
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_union(plan: Plan, items: dict) -> dict:
+    """The union of every process's dict (each process's own entries win on its rank)."""
+    if not plan.ddp:
+        return dict(items)
+    import torch.distributed as dist
+
+    parts = [None] * plan.world
+    dist.all_gather_object(parts, dict(items))
+    merged: dict = {}
+    for part in parts:
+        merged.update(part)
+    return merged
+
+
 def autocast_for(device: torch.device, amp: bool):
     """bf16 autocast on CUDA (the weights and the update stay fp32); nothing on the CPU."""
-    if device.type == "cuda" and amp:
-        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
-    import contextlib
+    from ..net.precision import autocast
 
-    return contextlib.nullcontext
+    precision = "bf16" if device.type == "cuda" and amp else "fp32"
+    return lambda: autocast(device.type, precision)

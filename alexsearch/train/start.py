@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_write
-from ..data.loader import Images, labelled, loader
+from ..data.loader import Images, Shard, default_workers, labelled, loader
 from ..images.preprocess import Preprocess
 from ..net.alexnet import AlexNet, TwoDeviceAlexNet
 from ..net.arch import ArchConfig
 from ..progress import Progress
 from ..weights import checkpoint
 from .config import TrainConfig, TrainError, default_run_dir, find_splits
-from .inputs import rgb_statistics
+from .inputs import Inputs, rgb_statistics
 from .plan import Plan, autocast_for
 from .sgd import PaperSGD
 from .state import TrainState, grouped_to_plan, set_rng_state
@@ -47,8 +47,9 @@ class Run:
     sampler: torch.utils.data.DistributedSampler  # the training order; set_epoch each epoch
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader
-    autocast: Callable  # a fresh autocast context for each forward
+    autocast: Callable  # a fresh autocast context for each training forward
     skipped: dict[str, str]  # unreadable images so far: path -> reason
+    inputs: Inputs  # what the network sees, its constants on the plan's devices
 
 
 def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bool) -> Run:
@@ -67,6 +68,7 @@ def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bo
         for p in run_dir.glob(".*.tmp"):
             p.unlink(missing_ok=True)
 
+    workers = cfg.workers if cfg.workers is not None else default_workers(plan.device)
     train_dir, val_dir = find_splits(cfg)
     classes, train_samples = labelled(train_dir, cfg.limit, cfg.seed)
     val_classes, val_samples = labelled(val_dir, cfg.limit, cfg.seed + 1)
@@ -89,7 +91,7 @@ def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bo
         model.load_state_dict(ckpt.state_dict)
     else:
         arch = ArchConfig(num_classes=len(classes), dropout=cfg.dropout)
-        stats = _shared_statistics(cfg, plan, run_dir, train_samples, progress)
+        stats = _shared_statistics(cfg, plan, run_dir, train_samples, workers, progress)
         pre = Preprocess(
             mean=stats["mean"], pca_eigval=stats["pca_eigval"], pca_eigvec=stats["pca_eigvec"]
         )
@@ -119,9 +121,8 @@ def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bo
         seed=cfg.seed,
         drop_last=False,
     )
-    val_sampler = torch.utils.data.DistributedSampler(
-        Images(val_samples), num_replicas=plan.world, rank=plan.rank, shuffle=False
-    )
+    val_sampler = Shard(len(val_samples), plan.world, plan.rank)
+    lanes = dict(pin=plan.cuda, max_megapixels=cfg.max_megapixels, persistent=True)
     return Run(
         run_dir=run_dir,
         classes=classes,
@@ -135,26 +136,33 @@ def start_or_resume(cfg: TrainConfig, plan: Plan, progress: Progress, resume: bo
         params=params,
         state=state,
         sampler=sampler,
-        train_loader=loader(
-            train_samples, per_proc, cfg.workers, sampler, plan.cuda, cfg.max_megapixels
-        ),
-        val_loader=loader(
-            val_samples, per_proc, cfg.workers, val_sampler, plan.cuda, cfg.max_megapixels
-        ),
+        train_loader=loader(train_samples, per_proc, workers, sampler, **lanes),
+        val_loader=loader(val_samples, per_proc, workers, val_sampler, **lanes),
         autocast=autocast_for(plan.device, cfg.amp),
         skipped=dict(state.skipped),
+        inputs=Inputs(pre, cfg.lighting_std, plan.devices, plan.cuda and cfg.channels_last),
     )
 
 
-def _shared_statistics(cfg, plan: Plan, run_dir: Path, train_samples, progress) -> dict:
-    """The main process computes the mean & PCA and writes stats.json; under DDP the other
-    processes receive them, so every replica normalises alike."""
-    stats = None
+def _shared_statistics(cfg, plan: Plan, run_dir: Path, train_samples, workers, progress) -> dict:
+    """The mean & PCA, every process reading its share of the images (so none waits long
+    in a collective); the main process writes stats.json and under DDP sends its figures
+    to the others, so every replica normalises alike."""
     if plan.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        stats = rgb_statistics(train_samples, cfg.stats_samples, cfg.seed, cfg.workers, progress)
+    stats = rgb_statistics(
+        train_samples,
+        cfg.stats_samples,
+        cfg.seed,
+        workers,
+        progress,
+        plan.rank,
+        plan.world,
+        plan.device,
+    )
+    if plan.main:
         atomic_write(run_dir / "stats.json", lambda f: f.write(json.dumps(stats).encode()))
-    if plan.world > 1:
+    if plan.ddp:
         import torch.distributed as dist
 
         box = [stats]
@@ -164,19 +172,20 @@ def _shared_statistics(cfg, plan: Plan, run_dir: Path, train_samples, progress) 
 
 
 def _place(model: AlexNet, plan: Plan, cfg: TrainConfig):
-    """(net, step_model): net holds the parameters; step_model is what the loop calls."""
+    """(net, step_model): net holds the parameters; step_model is what the loop calls
+    (channels_last on CUDA and torch.compile as the settings say, on either plan)."""
+    fmt = torch.channels_last if plan.cuda and cfg.channels_last else torch.contiguous_format
     if plan.two_towers:
-        net = TwoDeviceAlexNet(model, plan.devices)
-        return net, net
-    net = model.to(plan.device)
-    if plan.cuda and cfg.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    step_model = net
-    if plan.world > 1:
-        from torch.nn.parallel import DistributedDataParallel
+        net = TwoDeviceAlexNet(model, plan.devices).to(memory_format=fmt)
+        step_model = net
+    else:
+        net = model.to(plan.device, memory_format=fmt)
+        step_model = net
+        if plan.ddp:
+            from torch.nn.parallel import DistributedDataParallel
 
-        ids = [plan.device.index] if plan.cuda else None
-        step_model = DistributedDataParallel(net, device_ids=ids)
+            ids = [plan.device.index] if plan.cuda else None
+            step_model = DistributedDataParallel(net, device_ids=ids)
     if cfg.compile:
         step_model = torch.compile(step_model)
     return net, step_model

@@ -72,5 +72,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919) % (2**62)
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """The seed of an epoch's augmentation and dropout on DDP process `rank` (rank 0's is
+    the one-process run's)."""
+    base = (seed * 1_000_003 + epoch * 7919) % (2**62)
+    return base if rank == 0 else (base ^ (rank * 0x9E3779B97F4A7C15)) % (2**62)
