@@ -60,7 +60,10 @@ def serve(app, sock: socket.socket, open_browser: bool = False, say=print) -> No
 
         threading.Thread(target=opener, daemon=True).start()
     say(url)
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])  # uvicorn stops gracefully on SIGINT / SIGTERM
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled once stopped
+        pass
 
 
 def exposure_warning(host: str) -> str | None:
