@@ -318,10 +318,12 @@ def test_uploads_stay_in_memory(client, site, monkeypatch):
     monkeypatch.setattr(fp, "SpooledTemporaryFile", NoDisk)
     import numpy as np
 
-    noisy = np.random.default_rng(0).integers(0, 256, (900, 900, 3), dtype=np.uint8)
-    big = jpeg(Image.fromarray(noisy))
+    noisy = np.random.default_rng(0).integers(0, 256, (800, 800, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noisy).save(buf, format="PNG")
+    big = buf.getvalue()
     assert len(big) > 1024**2
-    r = client.post("/api/query", files={"image": ("big.jpg", big)}, data={"k": "2"})
+    r = client.post("/api/query", files={"image": ("big.png", big)}, data={"k": "2"})
     assert r.status_code == 200, r.text
 
 
