@@ -165,7 +165,10 @@ function go(s) {
 }
 
 function render(s, st) {
-  $("k").value = [...$("k").options].some((o) => o.value === String(s.k)) ? s.k : $("k").value;
+  if (![...$("k").options].some((o) => o.value === String(s.k))) {
+    $("k").add(new Option(String(s.k), String(s.k))); // a k from the URL
+  }
+  $("k").value = String(s.k);
   if (!$("mode-box").hidden) $("mode").value = s.mode;
   show(s.view);
   if (st && st.upload) {
