@@ -119,6 +119,29 @@ def test_binary_without_codes_says_so(client, opened):
     refused(r, 409, "alexsearch codes")
 
 
+@pytest.mark.slow
+def test_binary_codes_hamming_and_rerank(site, tmp_path):
+    ix_dir = tmp_path / "ix"
+    shutil.copytree(site["ix"], ix_dir)
+    alexsearch.build_codes(ix_dir, bits=32, epochs=1)
+    with alexsearch.open_index(ix_dir, weights=site["weights"]) as ix:
+        c = TestClient(create_app(ix), base_url=LOOP)
+        assert c.get("/api/info").json()["binary"] == {
+            "bits": 32, "bytes_per_image": 4, "count": 14,
+        }  # fmt: skip
+        ham = c.post("/api/query", json={"id": 2, "k": 5, "binary": True}).json()
+        assert ham == ix.query_ids(2, k=5, binary=True)[0].to_dict()
+        bits = [h["distance"] for h in ham["neighbours"]]
+        assert len(bits) == 5 and all(isinstance(b, int) and 0 <= b <= 32 for b in bits)
+        rr = c.post("/api/query", data={"id": "2", "k": "5", "rerank": "10"}).json()
+        assert rr == ix.query_ids(2, k=5, rerank=10)[0].to_dict()
+        d = [h["distance"] for h in rr["neighbours"]]
+        assert d == sorted(d) and any(isinstance(x, float) for x in d)
+        photo = (site["photos"] / "red_circles" / "001.jpg").read_bytes()
+        up = c.post("/api/query", files={"image": ("q.jpg", photo)}, data={"binary": "on"})
+        assert up.status_code == 200 and isinstance(up.json()["neighbours"][0]["distance"], int)
+
+
 def test_thumbnail_and_image_by_id(client, opened, site):
     path = site["photos"] / "green_triangles" / "001.jpg"
     me = id_of(opened, path)
