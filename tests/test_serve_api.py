@@ -430,6 +430,15 @@ def test_bad_query_bodies(client):
     refused(client.get("/api/query"), 405, "GET is not allowed")
 
 
+def test_a_bug_still_answers_json(opened, monkeypatch):
+    def broken():
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(opened, "info", broken)
+    c = TestClient(create_app(opened), base_url=LOOP, raise_server_exceptions=False)
+    refused(c.get("/api/info"), 500, "internal error: ZeroDivisionError")
+
+
 # -- the command's start-up refusals and its life
 
 

@@ -10,7 +10,8 @@ the JSON API it uses, every answer from the library (alexsearch.api.Index).
     GET  /api/kernels         the conv1 kernels of the index's weights (PNG)
 
 Files are reached by catalogue id only; nothing is written but the t-SNE cache. Errors
-are {"error": "one line"} with a 4xx status (503 when the index itself went away).
+are {"error": "one line"} with a 4xx status (503 when the index itself went away, 500
+for a bug).
 """
 
 from __future__ import annotations
@@ -158,6 +159,9 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
             return error(f"{request.method} is not allowed on {request.url.path[:80]}", 405)
         return error(str(e.detail), e.status_code)
 
+    async def on_bug(request: Request, e: Exception) -> Response:
+        return error(f"internal error: {type(e).__name__}: {str(e)[:200]}", 500)
+
     routes = [
         Route("/", page),
         Route("/static/{name}", static),
@@ -175,6 +179,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
             BadRequest: on_bad_request,
             TooLarge: on_too_large,
             HTTPException: on_http,
+            Exception: on_bug,  # a bug still answers JSON, in one line
         },
     )
     return LoopbackHostOnly(app) if loopback else app
