@@ -165,7 +165,9 @@ def main() -> None:
         ]
         uploads = [multipart({"k": a.k}, photos[i % len(photos)].read_bytes())
                    for i in range(a.by_upload)]  # fmt: skip
-        run_clients(url.hostname, url.port, by_id[:8] + uploads[:8], 1)  # warm: pages, network
+        # warm-up at the same concurrency: the mapped index paged in, the network loaded,
+        # and each server thread's allocator arena made (growth after that is a leak)
+        run_clients(url.hostname, url.port, by_id[:32] + uploads[:16], a.clients)
         rss0 = rss_bytes(server.pid)
         t0 = time.perf_counter()
         lat_id, err_id = run_clients(url.hostname, url.port, by_id, a.clients)
@@ -178,7 +180,9 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=120)
     growth = (rss1 - rss0) / rss0 if rss0 else float("nan")
-    print(f"\n{files} photos indexed, {a.clients} clients, k={a.k}, {os.cpu_count()} CPU cores")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{files} photos indexed, {a.clients} clients, k={a.k}, {os.cpu_count()} CPU cores "
+          f"(load average {load} at the end)")  # fmt: skip
     print(f"{'':18}{'n':>6}{'p50 ms':>9}{'p95 ms':>9}{'errors':>8}{'q/s':>7}   target")
     for name, lat, err, t, target in [
         ("by id", lat_id, err_id, t_id, f"p95 <= {TARGETS['id_p95_ms']:.0f} ms, 0 errors"),
