@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
-from .errors import IndexError_, UserError
+from .errors import IndexError_, NotFoundError, UserError
 from .images.decode import ImageError
 from .images.files import DEFAULT_MAX_MEGAPIXELS
 from .index import BATCH, info, manifest
@@ -115,7 +116,10 @@ def open_index(
 class Index:
     """An index opened for reading. Each query answers from the latest published
     generation (a writer publishing meanwhile is picked up, never seen half-written);
-    the network is loaded at the first query by image and kept."""
+    the network is loaded at the first query by image (or by `load_network`) and kept.
+
+    Safe to share between threads (a server's): the snapshot and its SQLite connection
+    are used under one lock, images are embedded outside it."""
 
     def __init__(
         self, index, weights=None, device="cpu", max_megapixels=DEFAULT_MAX_MEGAPIXELS,
@@ -129,6 +133,10 @@ class Index:
         self._max_megapixels = max_megapixels
         self._snapshot: Snapshot | None = None
         self._embedder = None
+        self._lock = threading.RLock()  # the snapshot, its catalogue, the embedder's loading
+        self._map_lock = threading.Lock()  # one t-SNE computation at a time
+        self._maps: dict[tuple[int, str], dict] = {}
+        self._kernels: bytes | None = None
         if manifest.read_manifest(self.dir) is None and not self._catalogue_exists():
             raise IndexError_(manifest.no_index(self.dir, self._named))
 
@@ -157,17 +165,14 @@ class Index:
         Hamming shortlist of N re-ranked by exact fc7 distance."""
         if isinstance(images, (str, os.PathLike, bytes)):
             images = [images]
-        if k < 1:
-            raise UserError("--k must be at least 1")
-        rerank = rerank or 0
-        if rerank and rerank < k:
-            raise UserError(f"--rerank {rerank} must be at least --k {k}")
-        snap = self._current()
-        if binary or rerank:
-            snap.open_codes()  # before the network: no codes -> say so at once
-        embedder = self._embedder_for(snap)
-        results, vecs, exclude, searched = [], [], [], []
-        for img in images:
+        rerank = _check_k(k, rerank)
+        with self._lock:
+            snap = self._current()
+            if binary or rerank:
+                snap.open_codes()  # before the network: no codes -> say so at once
+            embedder = self._embedder_for(snap)
+        results, vecs, searched = [], [], []
+        for img in images:  # outside the lock: other threads' queries go on meanwhile
             if isinstance(img, bytes):
                 res, source = QueryResult(query=""), io.BytesIO(img)
             else:
@@ -179,21 +184,68 @@ class Index:
             except ImageError as e:
                 res.error = str(e)
                 continue
-            own = None if include_self or not res.query else snap.catalogue.id_of(res.query)
-            exclude.append(own)
             searched.append(res)
-        if vecs:
-            if binary or rerank:
-                found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
-            else:
-                found = snap.search(np.stack(vecs), k, exclude)
-            for res, hits in zip(searched, found, strict=True):
-                res.hits = hits
+        with self._lock:
+            snap = self._current()
+            exclude = [
+                None if include_self or not r.query else snap.catalogue.id_of(r.query)
+                for r in searched
+            ]
+            self._search(snap, searched, vecs, exclude, k, binary, rerank)
         if embedder.precision != snap.manifest.precision:  # allowed: the vectors agree
             for res in results:
                 res.precision = embedder.precision
                 res.index_precision = snap.manifest.precision
         return results
+
+    def query_ids(
+        self,
+        file_ids: list[int] | int,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int | None = None,
+        include_self: bool = False,
+    ) -> list[QueryResult]:
+        """query() for photos already in the index, by catalogue id: their stored fc7
+        (no network, no decoding). Each result is what query() gives for that file's
+        path (`query` is the path; itself left out unless `include_self`). An id with no
+        indexed file raises NotFoundError."""
+        if isinstance(file_ids, int):
+            file_ids = [file_ids]
+        rerank = _check_k(k, rerank)
+        with self._lock:
+            snap = self._current()
+            if binary or rerank:
+                snap.open_codes()
+            results, vecs = [], []
+            for i in file_ids:
+                path, vec = snap.catalogue.ok_path(int(i)), snap.catalogue.vector_of(int(i))
+                if path is None or vec is None:
+                    raise NotFoundError(f"no indexed file with id {i}")
+                results.append(QueryResult(query=path))
+                vecs.append(vec)
+            exclude = [None if include_self else int(i) for i in file_ids]
+            self._search(snap, results, vecs, exclude, k, binary, rerank)
+        return results
+
+    def load_network(self) -> None:
+        """Load the network now (what the first query by image would do) and check it
+        against the index: a server's start-up, so a mismatch is said before serving."""
+        with self._lock:
+            self._embedder_for(self._current())
+
+    def codes(self) -> dict | None:
+        """The binary codes of the current generation ({"bits", "bytes_per_image",
+        "count"}), None when it has none (`alexsearch codes` makes them)."""
+        with self._lock:
+            c = self._current().manifest.codes
+        return None if c is None else {"bits": c.bits, "bytes_per_image": c.bytes_per_image,
+                                       "count": c.count}  # fmt: skip
+
+    def generation(self) -> int:
+        """The generation queries answer from now (it grows with each published update)."""
+        with self._lock:
+            return self._current().manifest.generation
 
     def path(self, file_id: int) -> str:
         """The path of catalogue id `file_id` (IndexError_ if the index has no such file)."""
@@ -211,15 +263,70 @@ class Index:
 
     def vector(self, file_id: int) -> np.ndarray:
         """The fc7 vector (float32, 4096) the index holds for `file_id`."""
-        vec = self._current().catalogue.vector_of(int(file_id))
+        with self._lock:
+            vec = self._current().catalogue.vector_of(int(file_id))
         if vec is None:
-            raise IndexError_(f"{self.dir}: no indexed file with id {file_id}")
+            raise NotFoundError(f"{self.dir}: no indexed file with id {file_id}")
         return vec
 
+    def thumbnail_png(self, file_id: int) -> bytes:
+        """thumbnail(file_id) as PNG bytes."""
+        buf = io.BytesIO()
+        self.thumbnail(file_id).save(buf, format="PNG")
+        return buf.getvalue()
+
+    def image(self, file_id: int) -> tuple[bytes, str]:
+        """(bytes, media type) of indexed file `file_id`'s own file, read only from inside
+        the folders that were indexed (index/originals.py: a symlink pointing out is
+        OutsideError); formats browsers do not show come as JPEG. NotFoundError for an
+        id with no indexed file; OSError when the file cannot be read now."""
+        from .index.originals import read_original
+
+        with self._lock:
+            cat = self._current().catalogue
+            path = cat.ok_path(int(file_id))
+            roots = cat.roots()
+        if path is None:
+            raise NotFoundError(f"no indexed file with id {file_id}")
+        return read_original(path, roots, self._max_megapixels)
+
+    def tsne_map(self, method: str = "opentsne", progress: Progress | None = None) -> dict:
+        """Every indexed photo's 2-D t-SNE position (PCA to 50, then t-SNE) in the current
+        generation: {"generation", "method", "points": [{"id", "x", "y", "label", "name"}]}
+        (x, y in [0, 1]; label: the parent folder). Computed once per generation and
+        cached beside the index (`tsne-<generation>.json`; kept in memory when the
+        folder cannot be written)."""
+        from .viz import map_cache
+
+        with self._lock:
+            snap = self._current()
+            gen = snap.manifest.generation
+        key = (gen, method)
+        with self._map_lock:
+            if key not in self._maps:
+                self._maps = {key: map_cache.load_or_compute(self.dir, snap, method, self._lock,
+                                                             progress)}  # fmt: skip
+            return self._maps[key]
+
+    def kernels_png(self) -> bytes:
+        """The conv1 kernels of the index's weights as a PNG (the paper's Fig. 3)."""
+        if self._kernels is None:
+            from .viz.kernels import kernels_picture
+            from .weights import checkpoint, locations
+
+            with self._lock:
+                recorded = self._current().manifest.model.weights or None
+            img = kernels_picture(checkpoint.read(locations.resolve(self._weights, recorded)))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+            self._kernels = buf.getvalue()
+        return self._kernels
+
     def close(self) -> None:
-        if self._snapshot is not None:
-            self._snapshot.close()
-            self._snapshot = None
+        with self._lock:
+            if self._snapshot is not None:
+                self._snapshot.close()
+                self._snapshot = None
 
     def __enter__(self) -> Index:
         return self
@@ -247,6 +354,17 @@ class Index:
                 self._check(self._embedder)
         return self._snapshot
 
+    def _search(self, snap, results, vecs, exclude, k, binary, rerank) -> None:
+        """Fill each result's hits: the k nearest of its vector (under the lock)."""
+        if not vecs:
+            return
+        if binary or rerank:
+            found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
+        else:
+            found = snap.search(np.stack(vecs), k, exclude)
+        for res, hits in zip(results, found, strict=True):
+            res.hits = hits
+
     def _embedder_for(self, snap: Snapshot):
         if self._embedder is None:
             from .index.embed import open_embedder
@@ -271,14 +389,28 @@ class Index:
         )
 
     def _row(self, file_id: int) -> tuple[str, bytes]:
-        row = self._current().catalogue.path_and_thumb(int(file_id))
+        with self._lock:
+            row = self._current().catalogue.path_and_thumb(int(file_id))
         if row is None:
-            raise IndexError_(f"{self.dir}: no indexed file with id {file_id}")
+            raise NotFoundError(f"{self.dir}: no indexed file with id {file_id}")
         return row
 
 
-def parse_bytes(size: int | str | None) -> int | None:
-    """512M, 4G, 1.5T or a plain number of bytes -> bytes (None stays None)."""
+def _check_k(k, rerank) -> int:
+    """rerank as an int (0: none), after refusing a k or rerank that cannot be used."""
+    if k < 1:
+        raise UserError("--k must be at least 1")
+    rerank = rerank or 0
+    if rerank < 0:
+        raise UserError("--rerank must not be negative")
+    if rerank and rerank < k:
+        raise UserError(f"--rerank {rerank} must be at least --k {k}")
+    return rerank
+
+
+def parse_bytes(size: int | str | None, option: str = "--max-memory") -> int | None:
+    """512M, 4G, 1.5T or a plain number of bytes -> bytes (None stays None); `option`
+    names the setting in the error."""
     if size is None or isinstance(size, int):
         return size
     units = {"k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -288,4 +420,4 @@ def parse_bytes(size: int | str | None) -> int | None:
             return int(float(t[:-1]) * units[t[-1]])
         return int(float(t))
     except ValueError:
-        raise UserError(f"--max-memory {size!r}: expected a size like 512M or 4G") from None
+        raise UserError(f"{option} {size!r}: expected a size like 512M or 4G") from None

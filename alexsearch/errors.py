@@ -17,3 +17,11 @@ class IndexError_(UserError):
 
 class CodesError(UserError):
     """Binary codes missing, mismatched or unreadable."""
+
+
+class NotFoundError(IndexError_):
+    """No indexed file with that id (never was, deleted since, or failed to index)."""
+
+
+class OutsideError(IndexError_):
+    """A catalogued file that now resolves (through a symlink) outside the indexed folders."""

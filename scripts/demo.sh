@@ -35,3 +35,6 @@ echo "== pictures: conv1 kernels (Fig. 3) and a t-SNE map, in $D/"
 $AS viz kernels --out "$D/kernels.png"
 $AS viz tsne --index "$IX" --out "$D/tsne.png"
 $AS viz tsne --index "$IX" --out "$D/tsne-thumbnails.png" --thumbnails
+
+echo "== browse the index in a page (Ctrl-C stops):"
+echo "   $AS serve --index $IX"

@@ -37,3 +37,5 @@ def test_demo_offline_says_so_once_and_finishes(tmp_path):
     for picture in ("neighbours.png", "kernels.png", "tsne.png", "tsne-thumbnails.png"):
         assert (demo / picture).stat().st_size > 1000, picture
     assert (demo / "index-init" / "manifest.json").exists()
+    last = r.stdout.strip().splitlines()[-1].strip()  # it ends by saying how to browse it
+    assert last.endswith(f"-m alexsearch serve --index {demo / 'index-init'}"), last

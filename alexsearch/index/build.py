@@ -128,6 +128,7 @@ def run(
             if not files and not work.gone:
                 raise UserError(_no_images(roots, problems, hidden))
             summary.unchanged = work.unchanged
+            cat.add_roots([str(r) for r in roots])  # where the server may read files from
             summary.skipped = work.skipped
             if network is None and (work.new or work.changed or manifest is None or check_weights):
                 network = open_network(weights, recorded, device, precision)

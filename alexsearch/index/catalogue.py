@@ -8,6 +8,7 @@ read-only media).
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -84,6 +85,26 @@ class Catalogue:
     def close(self) -> None:
         self.db.close()
 
+    def roots(self) -> list[str]:
+        """The folders (and files) indexing was asked for, as absolute paths, over every
+        run: what the catalogue's files may be read from (an empty list for catalogues
+        written before they were recorded)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='roots'").fetchone()
+        try:
+            return [str(r) for r in json.loads(row[0])] if row else []
+        except (ValueError, TypeError):
+            return []
+
+    def add_roots(self, roots: list[str]) -> None:
+        """Record `roots` beside those of earlier runs (committed with the next commit)."""
+        merged = sorted(set(self.roots()) | {os.path.abspath(r) for r in roots})
+        with _writing(self.path):
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('roots', ?) ON CONFLICT(key) DO UPDATE"
+                " SET value=excluded.value",
+                (json.dumps(merged),),
+            )
+
     def rows(self, under: list[str] | None = None) -> dict[str, Row]:
         cur = self.db.execute("SELECT id, path, size, mtime_ns, digest, status, reason FROM files")
         out = {}
@@ -151,6 +172,13 @@ class Catalogue:
         row = self.db.execute("SELECT path, thumb FROM files WHERE id=?", (file_id,)).fetchone()
         return None if row is None else (row[0], row[1] or b"")
 
+    def ok_path(self, file_id: int) -> str | None:
+        """The path of an indexed (ok) file, None when there is no such file."""
+        row = self.db.execute(
+            "SELECT path FROM files WHERE id=? AND status='ok'", (file_id,)
+        ).fetchone()
+        return None if row is None else row[0]
+
     # -- writes (the caller holds the index lock and commits in chunks)
 
     def put(self, path, size, mtime_ns, digest, vector, thumb, reason="") -> None:
@@ -185,9 +213,10 @@ class Catalogue:
 def _open_readonly(path: Path) -> sqlite3.Connection:
     """A read-only connection, also on read-only media, where SQLite cannot make the
     shared-memory file a WAL database needs: nobody can change the file there, so it is
-    read as immutable. (The path is quoted: '?' or '#' in a folder name would cut it.)"""
+    read as immutable. (The path is quoted: '?' or '#' in a folder name would cut it.)
+    The connection may be used from any thread, one at a time (the caller serialises)."""
     uri = f"file:{urllib.parse.quote(str(path))}"
-    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
+    db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, check_same_thread=False)
     try:
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()  # opens lazily
         return db
@@ -195,7 +224,7 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
         db.close()
         if not path.exists() or not os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             raise
-    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30)
+    db = sqlite3.connect(f"{uri}?immutable=1", uri=True, timeout=30, check_same_thread=False)
     db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     return db
 

@@ -73,7 +73,9 @@ def conv1_kernels(state_dict: dict, channel_order: str = "RGB") -> np.ndarray:
             f"conv1.weight has shape {'x'.join(map(str, shape))}; expected N x 3 x K x K "
             "(RGB kernels)"
         )
-    k = w.detach().float().cpu().numpy().transpose(0, 2, 3, 1)  # n, k, k, channels
+    if hasattr(w, "detach"):  # torch's tensor; the torch-free reader gives numpy arrays
+        w = w.detach().float().cpu().numpy()
+    k = np.asarray(w, np.float32).transpose(0, 2, 3, 1)  # n, k, k, channels
     if channel_order.upper() == "BGR":  # Caffe-imported weights see BGR input
         k = k[..., ::-1]
     return np.ascontiguousarray(k)

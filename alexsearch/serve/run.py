@@ -1,0 +1,76 @@
+"""Serving the app with uvicorn: bind first (a port in use is one clear line), print the
+URL, warn when the photos become visible beyond this machine, stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import webbrowser
+
+from ..errors import UserError
+from .guard import is_loopback
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port (port 0: any free one); UserError when taken."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host}: cannot resolve it ({e.strerror})") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"port {port} on {host} is already in use: stop what holds it or pick "
+                "another with --port"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise UserError(f"port {port} on {host}: permission denied (try above 1023)") from None
+        raise UserError(f"cannot listen on {host}:{port} ({e.strerror})") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/"
+
+
+def serve(app, sock: socket.socket, open_browser: bool = False, say=print) -> None:
+    """Serve `app` on the bound `sock` until Ctrl-C (or SIGTERM); returns when stopped."""
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    url = url_of(sock)
+    if open_browser:
+
+        def opener():
+            while not server.started and not server.should_exit:
+                threading.Event().wait(0.05)
+            if server.started:
+                webbrowser.open(url)
+
+        threading.Thread(target=opener, daemon=True).start()
+    say(url)
+    try:
+        server.run(sockets=[sock])  # uvicorn stops gracefully on SIGINT / SIGTERM
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled once stopped
+        pass
+
+
+def exposure_warning(host: str) -> str | None:
+    """The warning line for a bind beyond loopback (None on loopback)."""
+    if is_loopback(host):
+        return None
+    return (
+        f"warning: bound to {host}, not loopback: the photos of this index can be seen by "
+        "anyone who can reach this machine"
+    )

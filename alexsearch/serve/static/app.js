@@ -1,0 +1,357 @@
+// The page of `alexsearch serve`: it uses only the JSON API (/api/...), fetches nothing
+// from elsewhere. The URL holds the state (?id=123&k=12&mode=binary&view=collection), so a
+// search can be bookmarked and Back works (history.pushState + popstate).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+let INFO = null;
+let MAP = null;
+
+function params() {
+  const p = new URLSearchParams(location.search);
+  return {
+    id: p.get("id"),
+    k: p.get("k") || $("k").value,
+    mode: p.get("mode") || "",
+    view: p.get("view") || "search",
+  };
+}
+
+function urlFor(s) {
+  const p = new URLSearchParams();
+  if (s.view && s.view !== "search") p.set("view", s.view);
+  if (s.id !== null && s.id !== undefined && s.id !== "") p.set("id", s.id);
+  p.set("k", s.k);
+  if (s.mode) p.set("mode", s.mode);
+  return "?" + p.toString();
+}
+
+function status(text, isError) {
+  const el = $("status");
+  el.textContent = text || "";
+  el.className = isError ? "error" : "";
+}
+
+function basename(path) {
+  return (path || "").split(/[\\/]/).pop();
+}
+
+function parent(path) {
+  const parts = (path || "").split(/[\\/]/);
+  return parts.length > 1 ? parts[parts.length - 2] : "";
+}
+
+// -- views
+
+function show(view) {
+  for (const b of document.querySelectorAll("#tabs button")) {
+    b.classList.toggle("active", b.dataset.view === view);
+  }
+  for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
+  if (view === "collection") loadCollection();
+  if (view === "info") renderInfo();
+}
+
+for (const b of document.querySelectorAll("#tabs button")) {
+  b.addEventListener("click", () => {
+    const s = { ...params(), view: b.dataset.view };
+    history.pushState(stateOf(s), "", urlFor(s));
+    show(s.view);
+  });
+}
+
+function stateOf(s, extra) {
+  return { id: s.id, k: s.k, mode: s.mode, view: s.view, ...(extra || {}) };
+}
+
+// -- searching
+
+function queryFields(k, mode) {
+  const f = { k: String(k) };
+  if (mode === "binary") f.binary = "true";
+  if (mode === "rerank") f.rerank = String(Math.max(100, Number(k)));
+  return f;
+}
+
+async function post(body) {
+  const r = await fetch("/api/query", { method: "POST", body });
+  const j = await r.json();
+  if (!r.ok) throw new Error(j.error || r.statusText);
+  return j;
+}
+
+async function searchId(id, k, mode) {
+  status("searching…");
+  const fd = new FormData();
+  fd.append("id", id);
+  for (const [name, v] of Object.entries(queryFields(k, mode))) fd.append(name, v);
+  try {
+    const res = await post(fd);
+    renderQuery("/api/image/" + id, res.query, id);
+    renderResults(res, mode);
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+async function searchFile(file) {
+  if (!file) return;
+  const s = params();
+  status("searching with " + (file.name || "the pasted image") + "…");
+  const fd = new FormData();
+  fd.append("image", file, file.name || "pasted.png");
+  for (const [name, v] of Object.entries(queryFields(s.k, s.mode))) fd.append(name, v);
+  try {
+    const res = await post(fd);
+    const src = URL.createObjectURL(file);
+    const name = file.name || "pasted image";
+    const next = { ...s, id: null, view: "search" };
+    // an upload cannot live in the URL: its results live in the history entry
+    history.pushState(stateOf(next, { upload: { src, name, res } }), "", urlFor(next));
+    show("search");
+    renderQuery(src, name, "");
+    renderResults(res, s.mode);
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+function renderQuery(src, path, id) {
+  $("query").hidden = false;
+  $("query").dataset.id = id;
+  $("query-img").src = src;
+  $("query-name").textContent = basename(path);
+  $("query-path").textContent = path && path.includes("/") ? path : "";
+}
+
+function renderResults(res, mode) {
+  const grid = $("results");
+  grid.replaceChildren();
+  const bits = mode === "binary";
+  for (const h of res.neighbours) {
+    const a = document.createElement("a");
+    a.className = "hit";
+    a.dataset.id = h.id;
+    const s = { ...params(), id: String(h.id), view: "search" };
+    a.href = urlFor(s);
+    a.title = h.path;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.src = "/api/image/" + h.id;
+    img.alt = basename(h.path);
+    img.onerror = () => { img.onerror = null; img.src = "/api/thumb/" + h.id; };
+    const d = document.createElement("div");
+    d.className = "d";
+    d.textContent = "#" + h.rank + "  " + (bits ? h.distance + " bits" : h.distance.toFixed(3));
+    const n = document.createElement("div");
+    n.className = "n";
+    n.textContent = parent(h.path) + "/" + basename(h.path);
+    a.append(img, d, n);
+    a.addEventListener("click", (ev) => {
+      if (ev.ctrlKey || ev.metaKey || ev.shiftKey) return; // a new tab: let the link go
+      ev.preventDefault();
+      go({ ...params(), id: String(h.id), view: "search" });
+    });
+    grid.append(a);
+  }
+  const note = res.precision ? ` (query ${res.precision}, index ${res.index_precision})` : "";
+  status(res.neighbours.length + " nearest" + note);
+}
+
+function go(s) {
+  history.pushState(stateOf(s), "", urlFor(s));
+  window.scrollTo(0, 0);
+  render(s, null);
+}
+
+function render(s, st) {
+  if (![...$("k").options].some((o) => o.value === String(s.k))) {
+    $("k").add(new Option(String(s.k), String(s.k))); // a k from the URL
+  }
+  $("k").value = String(s.k);
+  if (!$("mode-box").hidden) $("mode").value = s.mode;
+  show(s.view);
+  if (st && st.upload) {
+    renderQuery(st.upload.src, st.upload.name, "");
+    renderResults(st.upload.res, s.mode);
+  } else if (s.id !== null && s.id !== "") {
+    searchId(s.id, s.k, s.mode);
+  } else {
+    $("query").hidden = true;
+    $("results").replaceChildren();
+    status("");
+  }
+}
+
+window.addEventListener("popstate", (ev) => render(params(), ev.state));
+
+for (const el of [$("k"), $("mode")]) {
+  el.addEventListener("change", () => {
+    const s = { ...params(), k: $("k").value, mode: $("mode").value };
+    const st = history.state;
+    if (st && st.upload && s.id === null) {
+      status("choose the photo again to search it with these settings");
+      history.replaceState({ ...st, k: s.k, mode: s.mode }, "", urlFor(s));
+      return;
+    }
+    go(s);
+  });
+}
+
+// -- input: the file picker, drag and drop, paste
+
+$("file").addEventListener("change", (ev) => {
+  searchFile(ev.target.files[0]);
+  ev.target.value = "";
+});
+
+document.addEventListener("dragover", (ev) => {
+  ev.preventDefault();
+  document.body.classList.add("dragging");
+});
+document.addEventListener("dragleave", (ev) => {
+  if (ev.target === document.documentElement || ev.clientX <= 0) {
+    document.body.classList.remove("dragging");
+  }
+});
+document.addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  document.body.classList.remove("dragging");
+  const file = [...(ev.dataTransfer.files || [])].find((f) => f.type.startsWith("image/"));
+  if (file) searchFile(file);
+  else status("drop an image file", true);
+});
+document.addEventListener("paste", (ev) => {
+  const item = [...(ev.clipboardData.items || [])].find((i) => i.type.startsWith("image/"));
+  if (item) searchFile(item.getAsFile());
+});
+
+// -- the collection: t-SNE map and conv1 kernels
+
+function colour(i) {
+  return `hsl(${(i * 137.508) % 360}, 65%, 48%)`;
+}
+
+async function loadCollection() {
+  if (!$("kernels").src) $("kernels").src = "/api/kernels";
+  if (MAP && INFO && MAP.generation === INFO.generation) return;
+  $("map-status").textContent = "computing the t-SNE map (once per index generation)…";
+  try {
+    const r = await fetch("/api/map");
+    const j = await r.json();
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    MAP = j;
+    drawMap();
+    $("map-status").textContent = `${j.points.length} photos, t-SNE (${j.method}), ` +
+      `generation ${j.generation}`;
+  } catch (e) {
+    $("map-status").textContent = "no map: " + e.message;
+  }
+}
+
+function drawMap() {
+  const c = $("map");
+  const ctx = c.getContext("2d");
+  const labels = [...new Set(MAP.points.map((p) => p.label))].sort();
+  const index = Object.fromEntries(labels.map((l, i) => [l, i]));
+  const pad = 10, size = c.width - 2 * pad;
+  const r = MAP.points.length > 5000 ? 1.5 : MAP.points.length > 1000 ? 2.5 : 4;
+  ctx.clearRect(0, 0, c.width, c.height);
+  for (const p of MAP.points) {
+    p.cx = pad + p.x * size;
+    p.cy = pad + (1 - p.y) * size;
+    ctx.fillStyle = colour(index[p.label]);
+    ctx.beginPath();
+    ctx.arc(p.cx, p.cy, r, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  const counts = {};
+  for (const p of MAP.points) counts[p.label] = (counts[p.label] || 0) + 1;
+  $("legend").replaceChildren(...labels.slice(0, 40).map((l) => {
+    const li = document.createElement("li");
+    const sw = document.createElement("span");
+    sw.style.background = colour(index[l]);
+    li.append(sw, `${l} (${counts[l]})`);
+    return li;
+  }));
+}
+
+function nearestPoint(ev) {
+  if (!MAP) return null;
+  const c = $("map");
+  const box = c.getBoundingClientRect();
+  const x = (ev.clientX - box.left) * (c.width / box.width);
+  const y = (ev.clientY - box.top) * (c.height / box.height);
+  let best = null, bd = 100;
+  for (const p of MAP.points) {
+    const d = (p.cx - x) ** 2 + (p.cy - y) ** 2;
+    if (d < bd) { bd = d; best = p; }
+  }
+  return best;
+}
+
+$("map").addEventListener("mousemove", (ev) => {
+  const p = nearestPoint(ev);
+  const tip = $("map-tip");
+  if (!p) { tip.hidden = true; return; }
+  tip.hidden = false;
+  tip.style.left = (p.cx * $("map").getBoundingClientRect().width / $("map").width + 12) + "px";
+  tip.style.top = (p.cy * $("map").getBoundingClientRect().height / $("map").height + 12) + "px";
+  const src = "/api/thumb/" + p.id;
+  if (!$("map-tip-img").src.endsWith(src)) $("map-tip-img").src = src;
+  $("map-tip-name").textContent = p.label + "/" + p.name;
+});
+$("map").addEventListener("mouseleave", () => { $("map-tip").hidden = true; });
+$("map").addEventListener("click", (ev) => {
+  const p = nearestPoint(ev);
+  if (p) go({ ...params(), id: String(p.id), view: "search" });
+});
+
+// -- info
+
+function renderInfo() {
+  if (!INFO) return;
+  const rows = ["index", "files", "failed", "weights", "fingerprint", "kind", "precision",
+    "geometry", "codes", "generation", "updated", "bytes_on_disk"];
+  $("info-table").replaceChildren(...rows.filter((r) => r in INFO).map((r) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td");
+    const b = document.createElement("td");
+    a.textContent = r;
+    b.textContent = String(INFO[r]);
+    tr.append(a, b);
+    return tr;
+  }));
+  $("failures").replaceChildren(...(INFO.failures || []).map((f) => {
+    const tr = document.createElement("tr");
+    const a = document.createElement("td");
+    const b = document.createElement("td");
+    a.textContent = f.path;
+    b.textContent = f.reason;
+    tr.append(a, b);
+    return tr;
+  }));
+}
+
+async function start() {
+  try {
+    const r = await fetch("/api/info");
+    INFO = await r.json();
+    if (!r.ok) throw new Error(INFO.error || r.statusText);
+    $("summary").textContent = `${INFO.files} photos · ${INFO.kind || ""} · ` +
+      `generation ${INFO.generation}`;
+    if (INFO.binary) {
+      $("mode-box").hidden = false;
+      $("mode-binary").textContent =
+        `binary codes, Hamming (${INFO.binary.bytes_per_image} bytes an image, ` +
+        `fc7 ${INFO.dimension * 4})`;
+    }
+  } catch (e) {
+    status("cannot read the index: " + e.message, true);
+  }
+  const s = params();
+  history.replaceState(stateOf(s), "", location.search ? urlFor(s) : location.pathname);
+  render(s, null);
+}
+
+start();
