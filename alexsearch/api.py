@@ -49,6 +49,8 @@ def build_index(
     wait: bool = False,
     commit_every: int = 256,
     precision: str = "auto",
+    space: str | None = None,
+    space_dim: int | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -56,7 +58,10 @@ def build_index(
 
     max_memory: the budget of kind="auto" in bytes, or a size such as "4G". progress:
     called as progress("extracting", done, total, img_per_s=...). precision: "fp32",
-    "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere)."""
+    "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere).
+    space: "whitened" (learn the whitened search space at publish, the default) or
+    "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
+    whitened dimension (default 256)."""
     from .index import build
 
     if isinstance(paths, (str, os.PathLike)):
@@ -77,6 +82,8 @@ def build_index(
         progress=progress,
         commit_every=commit_every,
         precision=precision,
+        space=space,
+        space_dim=space_dim,
     )
 
 
@@ -147,24 +154,45 @@ class Index:
         binary: bool = False,
         rerank: int | None = None,
         include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
     ) -> list[QueryResult]:
         """The k nearest indexed photos of each image, nearest first: one QueryResult per
         image (its `to_dict()` is what `query --json` prints). An image that cannot be
         read gets an `error` instead of hits. An image that is itself in the index is
-        left out of its own results unless `include_self`.
+        left out of its own results unless `include_self`. `images` may also be fc7
+        vectors (a float array, one row per query, the index's dimension): they are
+        searched as they are, without the network.
 
+        space: "paper" (Euclidean on raw fc7, as the paper) or "whitened"; None: the
+        index's default (whitened when it has learnt one). expand=N: average query
+        expansion with the first N neighbours; None: spaces.DEFAULT_EXPAND in the
+        whitened space, 0 in paper. Each result says which space and expansion answered.
         binary: Hamming k-NN over the binary codes (`alexsearch codes`); rerank=N: a
         Hamming shortlist of N re-ranked by exact fc7 distance."""
+        from .index import spaces
+
         if isinstance(images, (str, os.PathLike, bytes)):
             images = [images]
         if k < 1:
             raise UserError("--k must be at least 1")
+        if expand is not None and expand < 0:
+            raise UserError("--expand must be 0 or more")
         rerank = rerank or 0
         if rerank and rerank < k:
             raise UserError(f"--rerank {rerank} must be at least --k {k}")
         snap = self._current()
         if binary or rerank:
             snap.open_codes()  # before the network: no codes -> say so at once
+            space, expand = "hamming" if not rerank else "paper", 0
+        else:
+            space = snap.space(space)
+            if expand is None:
+                expand = spaces.DEFAULT_EXPAND if space == "whitened" else 0
+        if isinstance(images, np.ndarray):
+            if binary or rerank:
+                raise UserError("query vectors are searched as fc7, not as binary codes")
+            return self._query_vectors(snap, images, k, space, expand)
         embedder = self._embedder_for(snap)
         results, vecs, exclude, searched = [], [], [], []
         for img in images:
@@ -186,14 +214,28 @@ class Index:
             if binary or rerank:
                 found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
             else:
-                found = snap.search(np.stack(vecs), k, exclude)
+                found = snap.search(np.stack(vecs), k, exclude, space, expand)
             for res, hits in zip(searched, found, strict=True):
                 res.hits = hits
+        for res in results:
+            res.space, res.expand = space, expand
         if embedder.precision != snap.manifest.precision:  # allowed: the vectors agree
             for res in results:
                 res.precision = embedder.precision
                 res.index_precision = snap.manifest.precision
         return results
+
+    def _query_vectors(self, snap: Snapshot, vecs, k, space, expand) -> list[QueryResult]:
+        vecs = np.asarray(vecs, np.float32)
+        if vecs.ndim == 1:
+            vecs = vecs[None]
+        if vecs.ndim != 2 or vecs.shape[1] != snap.manifest.dimension:
+            raise UserError(
+                f"query vectors of shape {vecs.shape}: expected rows of "
+                f"{snap.manifest.dimension} (the index's fc7)"
+            )
+        found = snap.search(vecs, k, None, space, expand)
+        return [QueryResult("", hits, space=space, expand=expand) for hits in found]
 
     def path(self, file_id: int) -> str:
         """The path of catalogue id `file_id` (IndexError_ if the index has no such file)."""
