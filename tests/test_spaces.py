@@ -15,12 +15,13 @@ from alexsearch.index.catalogue import Catalogue
 from alexsearch.index.lock import write_lock
 from alexsearch.index.manifest import Manifest, read_manifest
 from alexsearch.index.network import LAYER, open_network
+from alexsearch.index.spaces import DEFAULT_EXPAND
 
 DIM = 4096
 CLUSTERS, PER = 8, 8
 
 
-def plant(index_dir, weights, vecs, names, space="whitened", space_dim=8):
+def plant(index_dir, weights, vecs, names, space="whitened", space_dim=32):
     """Put fc7 vectors straight into an index's catalogue and publish it, as
     `alexsearch index` would have (the index records `weights` as its network)."""
     net = open_network(weights, None, "cpu", "fp32")
@@ -70,8 +71,8 @@ def test_whitened_finds_planted_neighbours_paper_does_not_api(planted):
     with alexsearch.open_index(ix_dir) as ix:
         white = ix.query(x, k=6)  # the default space: whitened, learnt at publish
         paper = ix.query(x, k=6, space="paper")
-        assert ix.info()["space"].startswith("whitened 8-d (learnt at generation 1 from 64")
-    assert {(r.space, r.expand) for r in white} == {("whitened", 1)}
+        assert ix.info()["space"].startswith("whitened 32-d (learnt at generation 1 from 64")
+    assert {(r.space, r.expand) for r in white} == {("whitened", DEFAULT_EXPAND)}
     assert {(r.space, r.expand) for r in paper} == {("paper", 0)}
     assert same_cluster_rate(white, labels, 6) > 0.95
     assert same_cluster_rate(paper, labels, 6) < 0.5
@@ -102,7 +103,7 @@ def test_whitened_finds_planted_neighbours_through_the_cli(planted, tmp_path, ca
 
     assert rate(got["whitened"]) > 0.95 and rate(got["paper"]) < 0.5
     info = json.loads(run_in_process(capsys, "info", "--index", ix_dir, "--json").stdout)
-    assert info["space"].startswith("whitened 8-d")
+    assert info["space"].startswith("whitened 32-d")
 
 
 def test_transform_survives_incremental_reindex_and_relearns_past_half(planted, init_ckpt):
@@ -120,9 +121,12 @@ def test_transform_survives_incremental_reindex_and_relearns_past_half(planted, 
         after = ix.query(x, k=5)  # the new generation, picked up live
     # the other clusters' queries answer exactly as before; cluster 0's find the new photos
     others = labels != 0
-    assert [b for b, o in zip(before, others, strict=True) if o] == [
-        [(h.id, h.distance) for h in r.hits] for r, o in zip(after, others, strict=True) if o
-    ]
+    was = [b for b, o in zip(before, others, strict=True) if o]
+    now = [[(h.id, h.distance) for h in r.hits] for r, o in zip(after, others, strict=True) if o]
+    assert [[i for i, _ in row] for row in now] == [[i for i, _ in row] for row in was]
+    assert [d for row in now for _, d in row] == pytest.approx(
+        [d for row in was for _, d in row], abs=1e-5
+    )
     new_ids = {i for i in range(65, 71)}
     assert any(
         h.id in new_ids for r, lab in zip(after, labels, strict=True) if lab == 0 for h in r.hits
@@ -155,7 +159,7 @@ def test_index_made_before_spaces_answers_paper_until_reindexed(planted, init_ck
     # re-indexed: the whitened space is learnt
     with write_lock(ix_dir):
         cat = Catalogue(ix_dir / "catalogue.sqlite")
-        m = build.publish(ix_dir, cat, read_manifest(ix_dir), "flat", None, None, 8)
+        m = build.publish(ix_dir, cat, read_manifest(ix_dir), "flat", None, None, 32)
         cat.close()
     assert m.space is not None and m.space_requested == "whitened"
     with alexsearch.open_index(ix_dir) as ix:
@@ -209,7 +213,7 @@ def test_real_photos_whitened_by_default_paper_reproduces_l2(tmp_path, init_ckpt
     for space in ("whitened", "paper"):
         r = run_in_process(capsys, "query", query, "--index", ix_dir, "--space", space, "--json")
         out[space] = json.loads(r.stdout)[0]
-    assert (out["whitened"]["space"], out["whitened"]["expand"]) == ("whitened", 1)
+    assert (out["whitened"]["space"], out["whitened"]["expand"]) == ("whitened", DEFAULT_EXPAND)
     assert (out["paper"]["space"], out["paper"]["expand"]) == ("paper", 0)
     with alexsearch.open_index(ix_dir) as ix:
         qv = ix.vector(ix._current().catalogue.id_of(str(query)))
@@ -222,3 +226,24 @@ def test_real_photos_whitened_by_default_paper_reproduces_l2(tmp_path, init_ckpt
     run_in_process(capsys, "weights", "init", "--out", other, "--classes", "10", "--seed", "9")
     r = run_in_process(capsys, "query", query, "--index", ix_dir, "--weights", other, check=False)
     one_line_error(r, "was built with weights")
+
+
+def test_eval_retrieval_rows_per_space(planted, capsys):
+    ix_dir, x, labels = planted
+    r = run_in_process(capsys, "eval", "retrieval", "--index", ix_dir, "--expand", "1",
+                       "--expand", "2", "--json")  # fmt: skip
+    rows = {row["method"]: row for row in json.loads(r.stdout)["rows"]}
+    assert list(rows) == [
+        "fc7 float, L2",
+        "fc7 cosine",
+        "whitened 32",
+        "whitened 32 + expansion 1",
+        "whitened 32 + expansion 2",
+    ]  # fmt: skip  (no thumbnails planted: no pixel row)
+    assert rows["whitened 32"]["transform"] == "the index's, generation 1"
+    assert rows["whitened 32"]["bytes_per_image"] == 128
+    assert rows["fc7 float, L2"]["bytes_per_image"] == 16384
+    assert all(row["query_ms"] > 0 for row in rows.values())
+    assert rows["whitened 32"]["precision@6"] > 0.9 > 0.5 > rows["fc7 float, L2"]["precision@6"]
+    table = run_in_process(capsys, "eval", "retrieval", "--index", ix_dir).stdout
+    assert "whitened" in table and "query" in table

@@ -126,7 +126,7 @@ def query(
         None, "--space", help="paper (L2 on raw fc7) or whitened [the index's: whitened]."
     ),
     expand: int = typer.Option(
-        None, "--expand", min=0, help="Average the query with its top N, search again [1]."
+        None, "--expand", min=0, help="Average the query with its top N, search again [0]."
     ),
     vectors: Path = typer.Option(
         None, "--vectors", help="Query with fc7 vectors instead (.npy, one row a query)."

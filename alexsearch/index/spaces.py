@@ -33,8 +33,8 @@ from ..errors import IndexError_, UserError
 SPACES = ("paper", "whitened")
 DEFAULT_SPACE = "whitened"  # chosen by bench/retrieval_spaces.py (README: search spaces)
 DEFAULT_DIM = 256
-SHRINK = 0.1
-DEFAULT_EXPAND = 1
+SHRINK = 1.0
+DEFAULT_EXPAND = 0
 SAMPLE = 20_000
 MIN_PER_DIM = 2  # below ~2 vectors a dimension the smallest kept eigenvalues are noise
 
