@@ -24,7 +24,7 @@ import numpy as np
 from .errors import IndexError_, UserError
 from .images.decode import ImageError
 from .images.files import DEFAULT_MAX_MEGAPIXELS
-from .index import info, manifest
+from .index import BATCH, info, manifest
 from .index.build import IndexSummary
 from .index.search import QueryResult, Snapshot
 from .progress import Progress
@@ -41,7 +41,7 @@ def build_index(
     progress: Progress | None = None,
     *,
     max_memory: int | str | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH,
     workers: int | None = None,
     exclude: list[str] = (),
     hidden: bool = False,

@@ -8,15 +8,18 @@ the other (`--repeats` times, interleaved, medians reported):
 - the peer: torchvision's `alexnet`, PIL + torchvision transforms (Resize 256,
   CenterCrop 224, ToTensor, Normalize), a DataLoader with a worker per core, eager
   fp32, fc7 into a flat FAISS index;
-- the paper network's forward alone (batch 32, channels_last) at each precision,
-  in this process, on synthetic input;
+- the paper network's forward alone (batch 128, channels_last, freed memory kept as
+  indexing does) at each precision, in a fresh process, on synthetic input;
 
 then img/s, the ratio to the peer, and the steady end-to-end rate over the forward-only
 rate. Photo sets: (a) the 1,000 ImageNet photos of ../shared/data; (b) phone photos
 made from them: 200 upscaled to 4032x3024, JPEG quality 90 with an EXIF orientation
-tag, and 50 of those as HEIC. Then a re-index with nothing changed.
+tag, and 50 of those as HEIC. Then a re-index with nothing changed. Between the two,
+"choices": the measurements behind the defaults (batch size, the allocator setting,
+and decoding serially, on one thread, on a thread per core or in worker processes).
 
-    python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N] [--skip-phone]
+    python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N]
+                                     [--skip-phone] [--skip-choices]
 """
 
 from __future__ import annotations
@@ -34,8 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data" / "imagenet-sample.tar"
+PHONE_CACHE = Path(tempfile.gettempdir()) / "alexsearch-bench-phone"  # made once, kept
 
 
 def peer(photos: str, workers: int) -> dict:
@@ -113,31 +119,125 @@ def run_ours(photos: str, weights: str, index_dir: str, precision: str) -> dict:
     }
 
 
-def forward_only(precision: str, batches: int = 6) -> float:
-    """img/s of the paper network's forward, batch 32, channels_last, at `precision`."""
+def forward_only(precision: str, batch: int = 128, keep_freed: bool = True, batches=6) -> float:
+    """img/s of the paper network's forward, channels_last, at `precision`, in a fresh
+    process (glibc's allocator settings are per process: net/memory.py)."""
+    out, _ = cold(
+        [
+            sys.executable,
+            __file__,
+            "--as-forward",
+            precision,
+            str(batch),
+            str(int(keep_freed)),
+            str(batches),
+        ]
+    )
+    return float(out)
+
+
+def _forward_rate(precision: str, batch: int, keep_freed: bool, batches: int) -> float:
     import torch
 
     from alexsearch.index.extract import autocast
+    from alexsearch.net.memory import reuse_freed_memory
     from alexsearch.weights import checkpoint
 
+    if keep_freed:
+        reuse_freed_memory()
     model = checkpoint.init_checkpoint(1000).build("cpu").to(memory_format=torch.channels_last)
-    x = torch.randn(32, 3, 224, 224).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     cpu = torch.device("cpu")
     with torch.inference_mode(), autocast(cpu, precision):
         model.features(x)  # warm-up
         t0 = time.perf_counter()
         for _ in range(batches):
             model.features(x)
-    return 32 * batches / (time.perf_counter() - t0)
+    return batch * batches / (time.perf_counter() - t0)
+
+
+def choices(photos: str, weights: str, n: int = 384) -> None:
+    """The measurements behind the defaults: batch size and allocator (forward alone, fresh
+    processes), and how decoding runs beside the network (in this process, steady img/s
+    of extraction after its first batch, on the first n photos)."""
+    from alexsearch.index import extract as ex
+    from alexsearch.index.decoding import DecodeAhead, decode_threads
+    from alexsearch.net.precision import resolve_precision
+    from alexsearch.weights import checkpoint
+
+    prec = resolve_precision("auto", "cpu")
+    print(f"\nchoices, at {prec} (auto):")
+    print("  forward alone, img/s:      glibc default   freed memory kept (net/memory.py)")
+    for batch in (32, 128):
+        a, b = forward_only(prec, batch, False), forward_only(prec, batch, True)
+        print(f"    batch {batch:3d}               {a:10.1f} {b:17.1f}")
+    ckpt = checkpoint.read(weights)
+    model, pre = ckpt.build("cpu"), ckpt.preprocess
+    names = sorted(f for f in os.listdir(photos) if not f.endswith(".md"))[:n]
+    paths = [os.path.join(photos, f) for f in names]
+    cores = os.cpu_count() or 1
+
+    def steady(items) -> float:
+        done, t = 0, None
+        for batch in ex.extract(model, pre, items, 128, precision=prec):
+            done += len(batch)
+            if t is None:
+                t, first = time.perf_counter(), done
+        return (done - first) / (time.perf_counter() - t)
+
+    print(f"  decoding beside the network, {len(paths)} photos, batch 128, steady img/s:")
+    rows = [("decoded between batches (serial)", 0), ("one thread beside", 1)]
+    rows.append((f"a thread per core beside ({cores}; ours)", decode_threads()))
+    for label, threads in rows:
+        with DecodeAhead(paths, pre, 1000.0, threads) as items:
+            print(f"    {label:40s} {steady(items):8.1f}")
+    with ex.decoding(paths, pre, 1000.0, workers=cores) as items:
+        print(f"    {f'{cores} DataLoader worker processes':40s} {steady(items):8.1f}")
+    jpeg_decoders(paths)
+
+
+def jpeg_decoders(paths: list[str]) -> None:
+    """Pillow (draft mode, as indexing decodes) beside simplejpeg (libjpeg-turbo's scale
+    factors, from the bytes in memory), ms a JPEG on one thread."""
+    import io
+
+    from alexsearch.images.decode import decode
+
+    jpegs = [open(p, "rb").read() for p in paths if p.lower().endswith((".jpg", ".jpeg"))]
+    try:
+        import simplejpeg
+    except ImportError:
+        print("  JPEG decoders: simplejpeg is not installed; skipped")
+        return
+
+    def ms(fn) -> float:
+        t0 = time.perf_counter()
+        for raw in jpegs:
+            fn(raw)
+        return (time.perf_counter() - t0) / len(jpegs) * 1000
+
+    def pil(raw):
+        return decode(io.BytesIO(raw), draft_to=256, name="x.jpg")
+
+    def sj(raw):
+        return simplejpeg.decode_jpeg(raw, colorspace="RGB", min_height=256, min_width=256)
+
+    a, b = ms(pil), ms(sj)
+    print(f"  JPEG decode to >= 256, {len(jpegs)} photos: Pillow {a:.2f} ms, simplejpeg {b:.2f} ms")
 
 
 def phone_photos(src: str, out: Path, n: int = 200, heic: int = 50) -> str:
     """n photos upscaled to a phone's 4032x3024, JPEG q90 with an EXIF orientation (the
-    camera turned: 6), and `heic` of them again as HEIC."""
+    camera turned: 6), and `heic` of them again as HEIC; made once (minutes) and kept in
+    `out` for later runs."""
     import pillow_heif
     from PIL import Image
 
+    done = out / "complete"
+    if done.exists():
+        return str(out)
     pillow_heif.register_heif_opener()
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     names = sorted(f for f in os.listdir(src) if f.lower().endswith((".jpeg", ".jpg")))[:n]
     exif = Image.Exif()
@@ -146,7 +246,10 @@ def phone_photos(src: str, out: Path, n: int = 200, heic: int = 50) -> str:
         img = Image.open(os.path.join(src, name)).convert("RGB").resize((4032, 3024))
         img.save(out / f"IMG_{i:04d}.JPG", quality=90, exif=exif.tobytes())
         if i < heic:
-            img.save(out / f"IMG_{i:04d}_copy.HEIC", format="HEIF", quality=90)
+            # x265's ultrafast preset: 1.7 s a photo to encode here instead of 11
+            opts = {"preset": "ultrafast"}
+            img.save(out / f"IMG_{i:04d}_copy.HEIC", format="HEIF", quality=90, enc_params=opts)
+    done.write_text(f"{n} JPEG, {heic} HEIC from {src}\n")
     return str(out)
 
 
@@ -173,7 +276,7 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     runs = {"auto": [], "fp32": [], "peer": []}
     for _ in range(repeats):  # interleaved, so machine noise hits all alike
         for p in ("auto", "fp32"):
-            runs[p].append(run_ours(photos, weights, str(tmp / "ix"), p))
+            runs[p].append(run_ours(photos, weights, str(tmp / f"ix-{p}"), p))
         out, seconds = cold([sys.executable, __file__, "--as-peer", photos, str(cores)])
         runs["peer"].append({**json.loads(out), "seconds": seconds})
     med = statistics.median
@@ -195,11 +298,36 @@ def measure(label: str, photos: str, weights: str, tmp: Path, repeats: int) -> N
     print(f"  {'peer (torchvision, eager)':28s} {peer_rate:8.1f} {1:7.2f}x")
     again = med(r["again"] for r in runs["fp32"])
     print(f"  re-index, nothing changed: {again:.2f} s")
+    if runs["auto"][0]["precision"] != "fp32":
+        cos = cosines(tmp / "ix-auto", tmp / "ix-fp32")
+        print(
+            f"  fc7 at {runs['auto'][0]['precision']} vs fp32, per photo ({len(cos)}): cosine "
+            f"min {cos.min():.6f}, median {np.median(cos):.6f}"
+        )
+
+
+def cosines(a: Path, b: Path):
+    """Cosine between the fc7 of each photo in index a and in index b."""
+    import sqlite3
+
+    def vecs(ix):
+        db = sqlite3.connect(ix / "catalogue.sqlite")
+        rows = db.execute("SELECT path, vector FROM files WHERE status = 'ok'")
+        return {p: np.frombuffer(v, np.float32) for p, v in rows}
+
+    va, vb = vecs(a), vecs(b)
+    common = sorted(set(va) & set(vb))
+    x, y = np.stack([va[p] for p in common]), np.stack([vb[p] for p in common])
+    return (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
 
 
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--as-peer":
         print(json.dumps(peer(sys.argv[2], int(sys.argv[3]))))
+        return
+    if len(sys.argv) == 6 and sys.argv[1] == "--as-forward":
+        prec, batch, keep, batches = sys.argv[2], *map(int, sys.argv[3:])
+        print(_forward_rate(prec, batch, bool(keep), batches))
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--photos", help="folder of photos [default: ../shared ImageNet sample]")
@@ -207,6 +335,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--limit", type=int, help="use only the first N photos")
     ap.add_argument("--skip-phone", action="store_true", help="only the first photo set")
+    ap.add_argument("--skip-choices", action="store_true", help="no batch/allocator/pipeline")
     args = ap.parse_args()
     print(f"CPU: {cpu_description()}")
 
@@ -233,10 +362,12 @@ def main() -> None:
             weights = str(tmp / "init.ckpt")
             checkpoint.save(checkpoint.init_checkpoint(1000, seed=0), weights)
         measure("(a) photos", photos, weights, tmp, args.repeats)
+        if not args.skip_choices:
+            choices(photos, weights)
         if not args.skip_phone:
             t0 = time.perf_counter()
-            phone = phone_photos(photos, tmp / "phone")
-            print(f"\n(made the phone set in {time.perf_counter() - t0:.0f} s)")
+            phone = phone_photos(photos, PHONE_CACHE)
+            print(f"\n(phone set ready in {time.perf_counter() - t0:.0f} s: {PHONE_CACHE})")
             measure("(b) phone photos, 4032x3024 JPEG + HEIC", phone, weights, tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,6 +5,8 @@ import pytest
 import torch
 from helpers import SHARED
 
+from alexsearch.net.precision import PRECISION_ENV
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -31,6 +33,20 @@ def shared_data(name: str) -> Path:
     if not p.exists():
         pytest.skip(f"{p} not present (../shared/data is absent)")
     return p
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fp32_unless_asked():
+    """Tests compare vectors across paths (torch and numpy, index and query) at fp32's
+    tolerance: pin `--precision auto` to fp32 on every machine, subprocesses included,
+    so a CPU with native bf16 runs the same suite; tests of bf16 ask for it by name."""
+    old = os.environ.get(PRECISION_ENV)
+    os.environ[PRECISION_ENV] = "fp32"
+    yield
+    if old is None:
+        os.environ.pop(PRECISION_ENV, None)
+    else:
+        os.environ[PRECISION_ENV] = old
 
 
 @pytest.fixture(scope="session", autouse=True)

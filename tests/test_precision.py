@@ -123,12 +123,27 @@ def test_a_query_at_another_precision_answers_and_says_so(photos, tmp_path):
 
 
 def test_auto_takes_bf16_only_where_it_is_native(monkeypatch):
+    monkeypatch.delenv(precision.PRECISION_ENV)
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert precision.resolve_precision("auto", "cpu") == "fp32"
     assert precision.resolve_precision("auto", "cuda") == "bf16"
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
     assert precision.resolve_precision("auto", "cpu") == "bf16"
     assert precision.resolve_precision("fp32", "cuda") == "fp32"
+
+
+def test_the_environment_pins_what_auto_takes(monkeypatch, init_ckpt, photos, tmp_path):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    monkeypatch.setenv(precision.PRECISION_ENV, "fp32")
+    assert precision.resolve_precision("auto", "cpu") == "fp32"
+    assert precision.resolve_precision("auto", "cuda") == "fp32"
+    assert precision.resolve_precision("bf16", "cpu") == "bf16"  # a value named wins
+    monkeypatch.setenv(precision.PRECISION_ENV, "BF16")
+    assert precision.resolve_precision("auto", "cpu") == "bf16"
+    env = {**os.environ, "ALEXSEARCH_WEIGHTS": str(init_ckpt), precision.PRECISION_ENV: "fp8"}
+    r = cli("index", photos, "--index", tmp_path / "ix", env=env, check=False)
+    one_line_error(r, "$ALEXSEARCH_PRECISION='fp8': choose fp32 or bf16")
+    assert not (tmp_path / "ix").exists()
 
 
 def test_an_unknown_precision_is_one_line(init_ckpt, photos, tmp_path):

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
+from ..index import BATCH
 from .render import (
     RichProgress,
     err,
@@ -29,7 +30,7 @@ def index(
         None, "--weights", help="Checkpoint (env ALEXSEARCH_WEIGHTS)."
     ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    batch_size: int = typer.Option(BATCH, "--batch-size", min=1),
     workers: int = typer.Option(
         None, "--workers", min=0, help="Decode processes (default: by device and cores)."
     ),
@@ -43,7 +44,10 @@ def index(
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
     commit_every: int = typer.Option(256, "--commit-every", min=1, help="Files per commit."),
     precision: str = typer.Option(
-        "auto", "--precision", help="auto (bf16 on GPUs and CPUs with native bf16), fp32, bf16."
+        "auto",
+        "--precision",
+        help="auto (bf16 on GPUs and CPUs with native bf16; $ALEXSEARCH_PRECISION pins it), "
+        "fp32, bf16.",
     ),
     space: str = typer.Option(
         None, "--space", help="whitened (learn it, the default) or paper (raw fc7 only)."

@@ -1,10 +1,10 @@
 """Batched fc7 extraction for lists of image files.
 
-Files are decoded ahead of the network (decoding.py): on threads of this process by
-default on a CPU, where the network's own threads use the cores and a decode thread
-fills the time they wait (measured faster on 2 cores than decoding between batches or
-in worker processes: bench/index_throughput.py), or in `workers` DataLoader processes
-(the default with a GPU, which needs them all to stay busy). The network runs in
+Files are decoded ahead of the network (decoding.py): on a thread per core of this
+process by default on a CPU, filling the time the network's own threads wait on memory
+(measured faster on 2 cores than decoding between batches or in worker processes:
+bench/index_throughput.py), or in `workers` DataLoader processes (the default with a
+GPU, which needs them all to stay busy). The network runs in
 batches, channels_last, in fp32 or bf16 autocast (the index's precision). A file that
 cannot be decoded comes back with its reason instead of a vector; it never stops a run.
 
@@ -24,7 +24,9 @@ import torch
 from ..data.crops import centre_crop, load_256
 from ..images.files import DEFAULT_MAX_MEGAPIXELS
 from ..images.preprocess import Preprocess
-from .decoding import DecodeAhead, Decoded, decode_file
+from ..net.memory import reuse_freed_memory
+from . import BATCH
+from .decoding import DecodeAhead, Decoded, decode_file, decode_threads
 
 
 @dataclass
@@ -40,12 +42,6 @@ def default_workers(device: torch.device) -> int:
     """Decode processes: a GPU needs them all to stay busy; on a CPU, none (threads)."""
     cores = os.cpu_count() or 1
     return min(8, cores) if device.type == "cuda" else 0
-
-
-def decode_threads() -> int:
-    """Decode threads beside the network on a CPU: one per two cores (one on 2 cores,
-    where a second fought the network's threads: bench/index_throughput.py)."""
-    return max(1, (os.cpu_count() or 1) // 2)
 
 
 class _Files(torch.utils.data.Dataset):
@@ -93,11 +89,12 @@ def extract(
     model: torch.nn.Module,
     pre: Preprocess,
     items: Iterable[Decoded],
-    batch_size: int = 32,
+    batch_size: int = BATCH,
     device: torch.device = torch.device("cpu"),
     precision: str = "fp32",
 ) -> Iterator[list[Extracted]]:
     """Yield one list of results per batch of `items` (decoding's), in their order."""
+    reuse_freed_memory()  # batches reuse their memory instead of page-faulting it anew
     fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).eval()
     batch: list[Decoded] = []

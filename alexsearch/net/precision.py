@@ -4,17 +4,21 @@ fp32, or bf16 autocast (the weights stay fp32; convolutions and matrix products 
 bf16 inputs): ~1.4x faster than fp32 for this network on CPUs with native bf16
 (AVX512_BF16 or AMX) and on GPUs, with fc7 within cosine 0.999 of fp32 per image
 (tests/test_precision.py); on other CPUs bf16 is emulated and slower, so `auto` keeps
-fp32 there. Torch-free: the CPU's flags come from /proc/cpuinfo.
+fp32 there. $ALEXSEARCH_PRECISION (fp32 or bf16), where set, is what `auto` takes
+instead, on every machine: a user (or a test suite) that wants the same vectors from
+every machine pins it once. Torch-free: the CPU's flags come from /proc/cpuinfo.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 from ..errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+PRECISION_ENV = "ALEXSEARCH_PRECISION"
 
 
 @lru_cache(maxsize=1)
@@ -41,6 +45,11 @@ def resolve_precision(spec: str, device_type: str) -> str:
         raise UserError(f"--precision {spec!r}: choose from {', '.join(PRECISIONS)}")
     if spec != "auto":
         return spec
+    pinned = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if pinned:
+        if pinned not in ("fp32", "bf16"):
+            raise UserError(f"${PRECISION_ENV}={pinned!r}: choose fp32 or bf16")
+        return pinned
     return "bf16" if device_type == "cuda" or native_bf16() else "fp32"
 
 
