@@ -21,7 +21,7 @@ DIM = 4096
 CLUSTERS, PER = 8, 8
 
 
-def plant(index_dir, weights, vecs, names, space="whitened", space_dim=32):
+def plant(index_dir, weights, vecs, names, space="whitened", space_dim=32, kind="flat"):
     """Put fc7 vectors straight into an index's catalogue and publish it, as
     `alexsearch index` would have (the index records `weights` as its network)."""
     net = open_network(weights, None, "cpu", "fp32")
@@ -33,7 +33,7 @@ def plant(index_dir, weights, vecs, names, space="whitened", space_dim=32):
         for name, v in zip(names, vecs, strict=True):
             cat.put(f"/planted/{name}.jpg", 1, 1, f"digest-{name}", v, b"")
         cat.commit()
-        m = build.publish(index_dir, cat, m, "flat", None, space, space_dim)
+        m = build.publish(index_dir, cat, m, kind, None, space, space_dim)
         cat.close()
     return m
 
@@ -247,3 +247,16 @@ def test_eval_retrieval_rows_per_space(planted, capsys):
     assert rows["whitened 32"]["precision@6"] > 0.9 > 0.5 > rows["fc7 float, L2"]["precision@6"]
     table = run_in_process(capsys, "eval", "retrieval", "--index", ix_dir).stdout
     assert "whitened" in table and "query" in table
+
+
+def test_hnsw_kind_sits_behind_the_transform(tmp_path, init_ckpt):
+    import faiss
+
+    x, labels, names = clustered()
+    m = plant(tmp_path / "ix", init_ckpt, x, names, kind="hnsw")
+    assert (m.kind, m.space.kind) == ("hnsw", "hnsw")
+    pre = faiss.read_index(str(tmp_path / "ix" / m.space.index_file))
+    inner = faiss.downcast_index(faiss.downcast_index(pre.index).index)
+    assert isinstance(pre, faiss.IndexPreTransform) and isinstance(inner, faiss.IndexHNSWFlat)
+    with alexsearch.open_index(tmp_path / "ix") as ix:
+        assert same_cluster_rate(ix.query(x, k=6), labels, 6) > 0.95
