@@ -13,7 +13,7 @@ whitened to D (FAISS PCAMatrix, eigen_power -0.5, learnt on the set itself as `i
 learns it, then L2-normalised) for D in --dims, with shrinkage s (s x the mean of the
 kept eigenvalues added to each before whitening) for s in --shrink; then average query
 expansion (the query averaged with its top N, searched again; `w` = weighted by cosine
-similarity) for N in --expand on the best whitened row and on paper and cosine.
+similarity) for N in --expand on the best whitened row, and N = 1, 2 on paper and cosine.
 
     python bench/retrieval_spaces.py [--set NAME=FOLDER ...] [--weights CKPT] [--work DIR]
 
