@@ -50,6 +50,8 @@ def build_index(
     wait: bool = False,
     commit_every: int = 256,
     precision: str = "auto",
+    space: str | None = None,
+    space_dim: int | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -57,7 +59,10 @@ def build_index(
 
     max_memory: the budget of kind="auto" in bytes, or a size such as "4G". progress:
     called as progress("extracting", done, total, img_per_s=...). precision: "fp32",
-    "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere)."""
+    "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere).
+    space: "whitened" (learn the whitened search space at publish, the default) or
+    "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
+    whitened dimension (default 256)."""
     from .index import build
 
     if isinstance(paths, (str, os.PathLike)):
@@ -78,6 +83,8 @@ def build_index(
         progress=progress,
         commit_every=commit_every,
         precision=precision,
+        space=space,
+        space_dim=space_dim,
     )
 
 
@@ -155,12 +162,20 @@ class Index:
         binary: bool = False,
         rerank: int | None = None,
         include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
     ) -> list[QueryResult]:
         """The k nearest indexed photos of each image, nearest first: one QueryResult per
         image (its `to_dict()` is what `query --json` prints). An image that cannot be
         read gets an `error` instead of hits. An image that is itself in the index is
-        left out of its own results unless `include_self`.
+        left out of its own results unless `include_self`. `images` may also be fc7
+        vectors (a float array, one row per query, the index's dimension): they are
+        searched as they are, without the network.
 
+        space: "paper" (Euclidean on raw fc7, as the paper) or "whitened"; None: the
+        index's default (whitened when it has learnt one). expand=N: average query
+        expansion with the first N neighbours; None: spaces.DEFAULT_EXPAND in the
+        whitened space, 0 in paper. Each result says which space and expansion answered.
         binary: Hamming k-NN over the binary codes (`alexsearch codes`); rerank=N: a
         Hamming shortlist of N re-ranked by exact fc7 distance."""
         if isinstance(images, (str, os.PathLike, bytes)):
@@ -168,8 +183,11 @@ class Index:
         rerank = _check_k(k, rerank)
         with self._lock:
             snap = self._current()
-            if binary or rerank:
-                snap.open_codes()  # before the network: no codes -> say so at once
+            space, expand = _space_for(snap, space, expand, binary, rerank)
+            if isinstance(images, np.ndarray):
+                if binary or rerank:
+                    raise UserError("query vectors are searched as fc7, not as binary codes")
+                return self._query_vectors(snap, images, k, space, expand)
             embedder = self._embedder_for(snap)
         results, vecs, searched = [], [], []
         for img in images:  # outside the lock: other threads' queries go on meanwhile
@@ -191,7 +209,9 @@ class Index:
                 None if include_self or not r.query else snap.catalogue.id_of(r.query)
                 for r in searched
             ]
-            self._search(snap, searched, vecs, exclude, k, binary, rerank)
+            self._search(snap, searched, vecs, exclude, k, binary, rerank, space, expand)
+        for res in results:
+            res.space, res.expand = space, expand
         if embedder.precision != snap.manifest.precision:  # allowed: the vectors agree
             for res in results:
                 res.precision = embedder.precision
@@ -205,6 +225,8 @@ class Index:
         binary: bool = False,
         rerank: int | None = None,
         include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
     ) -> list[QueryResult]:
         """query() for photos already in the index, by catalogue id: their stored fc7
         (no network, no decoding). Each result is what query() gives for that file's
@@ -215,8 +237,7 @@ class Index:
         rerank = _check_k(k, rerank)
         with self._lock:
             snap = self._current()
-            if binary or rerank:
-                snap.open_codes()
+            space, expand = _space_for(snap, space, expand, binary, rerank)
             results, vecs = [], []
             for i in file_ids:
                 path, vec = snap.catalogue.ok_path(int(i)), snap.catalogue.vector_of(int(i))
@@ -225,8 +246,22 @@ class Index:
                 results.append(QueryResult(query=path))
                 vecs.append(vec)
             exclude = [None if include_self else int(i) for i in file_ids]
-            self._search(snap, results, vecs, exclude, k, binary, rerank)
+            self._search(snap, results, vecs, exclude, k, binary, rerank, space, expand)
+        for res in results:
+            res.space, res.expand = space, expand
         return results
+
+    def _query_vectors(self, snap: Snapshot, vecs, k, space, expand) -> list[QueryResult]:
+        vecs = np.asarray(vecs, np.float32)
+        if vecs.ndim == 1:
+            vecs = vecs[None]
+        if vecs.ndim != 2 or vecs.shape[1] != snap.manifest.dimension:
+            raise UserError(
+                f"query vectors of shape {vecs.shape}: expected rows of "
+                f"{snap.manifest.dimension} (the index's fc7)"
+            )
+        found = snap.search(vecs, k, None, space, expand)
+        return [QueryResult("", hits, space=space, expand=expand) for hits in found]
 
     def load_network(self) -> None:
         """Load the network now (what the first query by image would do) and check it
@@ -354,14 +389,14 @@ class Index:
                 self._check(self._embedder)
         return self._snapshot
 
-    def _search(self, snap, results, vecs, exclude, k, binary, rerank) -> None:
+    def _search(self, snap, results, vecs, exclude, k, binary, rerank, space, expand) -> None:
         """Fill each result's hits: the k nearest of its vector (under the lock)."""
         if not vecs:
             return
         if binary or rerank:
             found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
         else:
-            found = snap.search(np.stack(vecs), k, exclude)
+            found = snap.search(np.stack(vecs), k, exclude, space, expand)
         for res, hits in zip(results, found, strict=True):
             res.hits = hits
 
@@ -394,6 +429,22 @@ class Index:
         if row is None:
             raise NotFoundError(f"{self.dir}: no indexed file with id {file_id}")
         return row
+
+
+def _space_for(snap: Snapshot, space, expand, binary, rerank) -> tuple[str, int]:
+    """The space and expansion a query answers in (opening the codes a Hamming search
+    needs, before the network: no codes -> said at once)."""
+    from .index import spaces
+
+    if expand is not None and expand < 0:
+        raise UserError("--expand must be 0 or more")
+    if binary or rerank:
+        snap.open_codes()
+        return ("hamming" if not rerank else "paper"), 0
+    space = snap.space(space)
+    if expand is None:
+        expand = spaces.DEFAULT_EXPAND if space == "whitened" else 0
+    return space, expand
 
 
 def _check_k(k, rerank) -> int:

@@ -47,7 +47,8 @@ def test_known_answer(tmp_path):
     r = cli("eval", "retrieval", "--index", ix, "--json")
     res = json.loads(r.stdout)
     assert (res["files"], res["labels"], res["queries"], res["left_out_single"]) == (5, 3, 4, 1)
-    fc7, pixels = res["rows"]
+    fc7, pixels, cosine = res["rows"]  # too few files to learn a whitened space
+    assert (cosine["method"], cosine["space"]) == ("fc7 cosine", "cosine")
     # fc7 rankings (relevant = same folder): a1 [a2 b1 b2 c1] -> 1; a2 [a1 b1 b2 c1] -> 1;
     # b1 [a2 a1 b2 c1] -> third; b2 [b1 a2 a1 c1] -> first
     assert fc7["precision@1"] == pytest.approx(3 / 4)
@@ -59,8 +60,12 @@ def test_known_answer(tmp_path):
     assert pixels["precision@1"] == pytest.approx(2 / 4)
     assert pixels["mAP"] == pytest.approx((1 / 3 + 1 / 4 + 1 + 1) / 4)
     assert fc7["bytes_per_image"] == 16384 and pixels["bytes_per_image"] == 3072
+
     # the library gives the same figures
-    assert retrieval.retrieval(ix)["rows"] == res["rows"]
+    def figures(rows):
+        return [{k: v for k, v in r.items() if k != "query_ms"} for r in rows]
+
+    assert figures(retrieval.retrieval(ix)["rows"]) == figures(res["rows"])
     # and a sample of queries is a subset of the same leave-one-out
     sampled = retrieval.retrieval(ix, max_queries=2, seed=1)
     assert sampled["sampled"] and sampled["queries"] == 2
@@ -88,8 +93,9 @@ def test_generated_index_with_binary_rows(env, tmp_path):
     assert res["files"] == 18 and res["labels"] == 6 and res["queries"] == 18
     methods = [r["method"] for r in res["rows"]]
     assert methods[:2] == ["fc7 float, L2", "pixels 32x32, L2"]
-    assert [r.get("bits") for r in res["rows"][2:]] == [32, 64, 256, 256]
-    assert [r["bytes_per_image"] for r in res["rows"][2:5]] == [4, 8, 32]
+    codes = [r for r in res["rows"] if r.get("bits")]
+    assert [r.get("bits") for r in codes] == [32, 64, 256, 256]
+    assert [r["bytes_per_image"] for r in codes[:3]] == [4, 8, 32]
     for r in res["rows"]:
         assert KEYS <= set(r) and all(0 <= r[k] <= 1 for k in KEYS)
     # a shortlist of every other file re-ranked by exact fc7 is the float ranking

@@ -49,6 +49,10 @@ def index(
         help="auto (bf16 on GPUs and CPUs with native bf16; $ALEXSEARCH_PRECISION pins it), "
         "fp32, bf16.",
     ),
+    space: str = typer.Option(
+        None, "--space", help="whitened (learn it, the default) or paper (raw fc7 only)."
+    ),
+    space_dim: int = typer.Option(None, "--space-dim", help="Whitened dimensions [256]."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Index photos: extract fc7 of every image into an index (incremental)."""
@@ -71,6 +75,8 @@ def index(
             wait=wait,
             commit_every=commit_every,
             precision=precision,
+            space=space,
+            space_dim=space_dim,
         )
     if as_json:
         print_json(asdict(summary))
@@ -86,6 +92,7 @@ def index(
         "in index": f"{summary.total_ok} ok, {summary.total_failed} failed",
         "kind": summary.kind,
         "precision": summary.precision,
+        "space": summary.space,
         "weights": f"{summary.weights} ({summary.fingerprint})",
         "time": f"{summary.seconds:.1f} s"
         + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
@@ -98,7 +105,7 @@ def index(
 
 
 def query(
-    images: list[Path] = typer.Argument(..., help="Query images (inside the index or not)."),
+    images: list[Path] = typer.Argument(None, help="Query images (inside the index or not)."),
     k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
     index_dir: Path = typer.Option(None, "--index", help=INDEX_HELP),
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
@@ -119,12 +126,26 @@ def query(
     precision: str = typer.Option(
         "auto", "--precision", help="auto (fp32 on a CPU, bf16 on a GPU), fp32, bf16."
     ),
+    space: str = typer.Option(
+        None, "--space", help="paper (L2 on raw fc7) or whitened [the index's: whitened]."
+    ),
+    expand: int = typer.Option(
+        None, "--expand", min=0, help="Average the query with its top N, search again [0]."
+    ),
+    vectors: Path = typer.Option(
+        None, "--vectors", help="Query with fc7 vectors instead (.npy, one row a query)."
+    ),
 ) -> None:
     """Find the k indexed photos that look most like each query image."""
     from .. import api
+    from ..errors import UserError
 
+    if vectors is not None:
+        images = _load_vectors(vectors)
+    elif not images:
+        raise UserError("give query images (or --vectors FILE.npy)")
     with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
-        results = ix.query(images, k, binary, rerank, include_self)
+        results = ix.query(images, k, binary, rerank, include_self, space, expand)
     if grid is not None and any(not r.error for r in results):
         save_grid(results, grid)
     if as_json:
@@ -138,6 +159,17 @@ def query(
         err.print(f"error: {r.query}: {r.error}", highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)
+
+
+def _load_vectors(path: Path):
+    import numpy as np
+
+    from ..errors import UserError
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--vectors {path}: not a readable .npy array ({e})") from None
 
 
 def info(

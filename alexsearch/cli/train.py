@@ -160,10 +160,14 @@ def eval_retrieval(
         5000, "--max-queries", min=1, help="Sample this many query files when there are more."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the query sample and autoencoders."),
+    expand: list[int] = typer.Option(
+        None, "--expand", min=0, help="Rows for whitened + expansion by N (repeatable) [1]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results."),
 ) -> None:
-    """Leave-one-out precision@1/6/10 and mAP of an index, parent folder as label, beside
-    a pixel-space baseline (L2 between 32x32 thumbnails)."""
+    """Leave-one-out precision@1/6/10 and mAP of an index, parent folder as label: a row
+    per search space (paper L2, cosine, whitened, whitened + expansion) with bytes per
+    image and query latency, beside a pixel-space baseline (L2 between 32x32 thumbnails)."""
     from ..evaluate import retrieval
 
     with RichProgress() as progress:
@@ -175,6 +179,7 @@ def eval_retrieval(
             max_queries=max_queries,
             seed=seed,
             progress=progress,
+            expand=tuple(expand) if expand else None,
         )
     if as_json:
         print_json(res)
@@ -187,13 +192,14 @@ def eval_retrieval(
     )
     table.add_column("method")
     table.add_column("bytes/image", justify="right")
-    for k in ("precision@1", "precision@6", "precision@10", "mAP"):
+    for k in ("precision@1", "precision@6", "precision@10", "mAP", "query ms"):
         table.add_column(k, justify="right")
     for r in res["rows"]:
         table.add_row(
             r["method"],
             str(r["bytes_per_image"]),
             *(f"{r[k]:.3f}" for k in ("precision@1", "precision@6", "precision@10", "mAP")),
+            f"{r['query_ms']:.2f}" if "query_ms" in r else "",
         )
     out.print(table)
     if res["left_out_single"]:

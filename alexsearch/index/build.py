@@ -19,7 +19,7 @@ from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
 from ..net.precision import combined, resolve_precision
 from ..progress import Progress
-from . import BATCH, codes, vectors
+from . import BATCH, codes, spaces, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
@@ -60,6 +60,7 @@ class IndexSummary:
     fingerprint: str = ""
     weights: str = ""
     precision: str = ""  # what the index's fc7 was computed in
+    space: str = ""  # the search spaces it answers in (info's `space`)
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -96,6 +97,8 @@ def run(
     progress: Progress | None = None,
     commit_every: int = 256,  # files per catalogue transaction
     precision: str = "auto",  # fp32, or bf16 where the machine runs it natively
+    space: str | None = None,  # whitened (learn it) or paper; None: as before, else whitened
+    space_dim: int | None = None,  # the whitened dimension (spaces.DEFAULT_DIM)
 ) -> IndexSummary:
     """`alexsearch index`: bring the index at `index_dir` up to date with `roots`."""
     from ..weights.locations import WEIGHTS_ENV
@@ -104,6 +107,7 @@ def run(
     resolve_precision(precision, "cpu")  # an unknown value fails before anything is done
     if kind not in vectors.KINDS:
         raise UserError(f"unknown --kind {kind!r}; choose from {', '.join(vectors.KINDS)}")
+    spaces.check_space(space, space_dim)
     summary = IndexSummary(index_dir=str(index_dir))
     files, problems = walk(roots, exclude, hidden)  # bad paths fail before anything is made
     manifest = read_manifest(index_dir) if index_dir.is_dir() else None
@@ -147,6 +151,8 @@ def run(
             changed = bool(to_extract or work.gone or summary.moved or manifest is None)
             if manifest is not None and kind != manifest.kind_requested:
                 changed = True
+            if manifest is not None and _space_changed(manifest, space, space_dim):
+                changed = True
             if changed:
                 if manifest is None:
                     manifest = Manifest.new(
@@ -157,7 +163,7 @@ def run(
                     manifest = replace(
                         manifest, precision=combined(manifest.precision, network.precision)
                     )
-                manifest = publish(index_dir, cat, manifest, kind, max_memory)
+                manifest = publish(index_dir, cat, manifest, kind, max_memory, space, space_dim)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
@@ -165,8 +171,19 @@ def run(
     summary.fingerprint = manifest.model.fingerprint
     summary.weights = manifest.model.weights
     summary.precision = manifest.precision
+    summary.space = manifest.describe_space()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _space_changed(manifest: Manifest, space: str | None, dim: int | None) -> bool:
+    """A run asks for another search space than the published one (an index made before
+    search spaces asks for the whitened one by default)."""
+    want = space or manifest.space_requested or spaces.DEFAULT_SPACE
+    want_dim = dim or manifest.space_dim or spaces.DEFAULT_DIM
+    return want != manifest.space_requested or (
+        want == "whitened" and want_dim != manifest.space_dim
+    )
 
 
 def _no_images(roots: list[Path], problems: list[tuple[str, str]], hidden: bool) -> str:
@@ -261,16 +278,25 @@ def _decoding(network, paths: list[str], workers: int | None, max_mp: float, bat
     return decoding(paths, pre, max_mp, workers, batch_size=batch_size, gpu_jpeg=gpu_jpeg)
 
 
-def publish(index_dir: Path, cat: Catalogue, manifest: Manifest, kind: str, max_memory=None):
-    """Build the FAISS snapshot of the catalogue's ok vectors in `kind`, keep the binary
-    codes in step, and publish both with the next generation of `manifest` (the caller
-    holds the index's lock). Returns the published manifest."""
+def publish(
+    index_dir: Path, cat: Catalogue, manifest: Manifest, kind: str, max_memory=None,
+    space: str | None = None, space_dim: int | None = None,
+):  # fmt: skip
+    """Build the FAISS snapshot of the catalogue's ok vectors in `kind`, the whitened
+    search space over them (unless `space` is paper; None keeps what the manifest asked
+    for, whitened for an index made before search spaces), keep the binary codes in
+    step, and publish all with the next generation of `manifest` (the caller holds the
+    index's lock). Returns the published manifest."""
     ids, vecs = cat.vectors(manifest.dimension)
     chosen = vectors.choose_kind(kind, len(ids), manifest.dimension, max_memory)
     index = vectors.build_faiss(chosen, ids, vecs)
     gen = manifest.generation + 1
     old = manifest.vectors_file
     name = vectors.write_faiss(index_dir, index, gen)
+    space = space or manifest.space_requested or spaces.DEFAULT_SPACE
+    space_dim = space_dim or manifest.space_dim or spaces.DEFAULT_DIM
+    old_space = manifest.space
+    new_space, note = spaces.refresh(index_dir, old_space, space, space_dim, ids, vecs, chosen, gen)
     ok, failed = cat.count()
     old_codes = manifest.codes
     new_codes = codes.refresh(index_dir, old_codes, ids, vecs, gen) if old_codes else None
@@ -283,8 +309,18 @@ def publish(index_dir: Path, cat: Catalogue, manifest: Manifest, kind: str, max_
         counts={"ok": ok, "failed": failed},
         updated=time.time(),
         codes=new_codes,
+        space=new_space,
+        space_requested=space,
+        space_dim=space_dim,
+        space_note=note,
     )
     write_manifest(index_dir, manifest)
+    if old_space:
+        for f in old_space.files() - (new_space.files() if new_space else set()):
+            try:
+                (index_dir / f).unlink()
+            except FileNotFoundError:
+                pass
     if old_codes:
         codes.remove_stale(index_dir, old_codes, new_codes)
     if old and old != name:

@@ -53,6 +53,7 @@ def describe(index_dir: Path, named: bool = True) -> dict:
         "kind": m.kind,
         "precision": m.precision,
         "metric": m.metric,
+        "space": m.describe_space(),
         "generation": m.generation,
         "bytes_on_disk": disk_bytes(index_dir),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.updated)),

@@ -7,6 +7,8 @@ An index is a folder:
                           vectors file and binary codes
     catalogue.sqlite      one row per file (catalogue.py), the source of truth
     vectors-<gen>.faiss   FAISS index over the ok vectors, ids = catalogue ids (vectors.py)
+    space-<gen>.faiss, whiten-<gen>.faissvt   the whitened search space and its learnt
+                          transform, when the index has one (spaces.py)
     codes-<gen>.*, autoencoder-<gen>.pt   binary codes, when built (codes.py)
     .lock                 held (flock) by the one process writing the index (lock.py)
 
@@ -101,6 +103,30 @@ class CodesRecord:
 
 
 @dataclass
+class SpaceRecord:
+    """The whitened search space (spaces.py) published with this generation."""
+
+    name: str  # "whitened"
+    dimension: int
+    shrink: float
+    sample: int  # vectors the transform was learnt from
+    learnt_from: int  # ok vectors in the collection then
+    generation: int  # the generation that learnt it
+    transform_file: str
+    index_file: str
+    kind: str
+
+    def files(self) -> set[str]:
+        return {self.transform_file, self.index_file}
+
+    def describe(self) -> str:
+        return (
+            f"{self.name} {self.dimension}-d (learnt at generation {self.generation} from "
+            f"{self.sample} of {self.learnt_from} vectors, shrinkage {self.shrink:g}), {self.kind}"
+        )
+
+
+@dataclass
 class Manifest:
     """manifest.json: what a published generation of an index is."""
 
@@ -119,6 +145,22 @@ class Manifest:
     updated: float = 0.0
     codes: CodesRecord | None = None
     precision: str = "fp32"  # what fc7 was computed in: fp32, bf16, or both ("bf16+fp32")
+    space: SpaceRecord | None = None  # the whitened space, when learnt
+    space_requested: str = ""  # "" in indexes made before search spaces: they answer in paper
+    space_dim: int = 0  # the whitened dimension asked for
+    space_note: str = ""  # why a whitened space was asked for but the index answers in paper
+
+    def default_space(self) -> str:
+        """The space a query answers in when it names none."""
+        return self.space.name if self.space else "paper"
+
+    def describe_space(self) -> str:
+        """What `info` says about the search spaces."""
+        if self.space:
+            return f"{self.space.describe()}; paper (raw fc7, L2) also"
+        if not self.space_requested:
+            return "paper (made before search spaces: re-index to learn the whitened one)"
+        return "paper" + (f" ({self.space_note})" if self.space_note else "")
 
     @classmethod
     def new(
@@ -135,8 +177,9 @@ class Manifest:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.codes is None:
-            del d["codes"]
+        for key in ("codes", "space"):
+            if d[key] is None:
+                del d[key]
         return d
 
     @classmethod
@@ -146,6 +189,8 @@ class Manifest:
         d["preprocess"] = PreprocessRecord(**_known(PreprocessRecord, d.get("preprocess") or {}))
         if d.get("codes"):
             d["codes"] = CodesRecord(**_known(CodesRecord, d["codes"]))
+        if d.get("space"):
+            d["space"] = SpaceRecord(**_known(SpaceRecord, d["space"]))
         return cls(**d)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import CodesError, IndexError_
-from . import codes, vectors
+from . import codes, spaces, vectors
 from .catalogue import Catalogue
 from .manifest import Manifest, not_published, read_manifest
 
@@ -22,7 +22,7 @@ from .manifest import Manifest, not_published, read_manifest
 @dataclass
 class Hit:
     rank: int
-    distance: float  # L2 between fc7 vectors, or Hamming bits (an int) between codes
+    distance: float  # L2 in the search space (raw fc7 or whitened), or Hamming bits (int)
     path: str
     id: int  # the catalogue id
 
@@ -40,6 +40,8 @@ class QueryResult:
     error: str = ""
     precision: str = ""  # what the query's fc7 was computed in, when not the index's
     index_precision: str = ""
+    space: str = ""  # the search space that answered: paper, whitened, or hamming
+    expand: int = 0  # neighbours averaged into the query before the search that answered
 
     def to_dict(self) -> dict:
         """What `alexsearch query --json` prints for this image."""
@@ -48,6 +50,8 @@ class QueryResult:
             "query": self.query,
             **({"error": self.error} if self.error else {}),
             **(other if self.precision else {}),
+            "space": self.space,
+            "expand": self.expand,
             "neighbours": [h.to_dict() for h in self.hits],
         }
 
@@ -72,15 +76,47 @@ class Snapshot:
         self.manifest: Manifest = manifest
         self.catalogue = Catalogue(index_dir / "catalogue.sqlite", readonly=True)
         self.coder = self.binary = None
+        self.space_index = None
 
-    def search(self, vecs: np.ndarray, k: int, exclude_ids=None) -> list[list[Hit]]:
-        """k nearest per row of `vecs`; exclude_ids[i] is left out of row i's results."""
+    def space(self, requested: str | None) -> str:
+        """The search space a query answers in: `requested`, else the index's default
+        (whitened when it has learnt one); whitened asked of an index without it is
+        refused with the reason."""
+        spaces.check_space(requested)
+        if requested is None:
+            return self.manifest.default_space()
+        if requested == "whitened" and self.manifest.space is None:
+            why = self.manifest.describe_space()
+            raise IndexError_(
+                f"{self.dir} has no whitened space: it answers in {why}; "
+                "use --space paper, or re-index"
+            )
+        return requested
+
+    def open_space(self):
+        """The whitened space's FAISS index (IndexPreTransform), memory-mapped."""
+        if self.space_index is None:
+            self.space_index = vectors.read_faiss(self.dir, self.manifest.space.index_file)
+        return self.space_index
+
+    def search(
+        self, vecs: np.ndarray, k: int, exclude_ids=None, space: str = "paper", expand: int = 0
+    ) -> list[list[Hit]]:
+        """k nearest per row of `vecs` in `space`; exclude_ids[i] is left out of row i's
+        results. expand=N: average query expansion, the query averaged with its first N
+        neighbours (in the space: their catalogue fc7 through the index's own transform)
+        and searched again."""
         exclude_ids = exclude_ids or [None] * len(vecs)
         extra = 1 if any(e is not None for e in exclude_ids) else 0
-        want = min(k + extra, self.index.ntotal)
+        index = self.index if space == "paper" else self.open_space()
+        want = min(k + extra, index.ntotal)
         if want == 0:
             return [[] for _ in vecs]
-        dist, ids = self.index.search(np.ascontiguousarray(vecs, np.float32), want)
+        vecs = np.ascontiguousarray(vecs, np.float32)
+        if expand:
+            dist, ids = self._expanded(index, vecs, want, exclude_ids, space, expand)
+        else:
+            dist, ids = index.search(vecs, want)
         paths = self.catalogue.paths({int(i) for i in ids.ravel() if i >= 0})
         out = []
         for row_d, row_i, skip in zip(dist, ids, exclude_ids, strict=True):
@@ -94,6 +130,21 @@ class Snapshot:
                     break
             out.append(hits)
         return out
+
+    def _expanded(self, index, vecs, want, exclude_ids, space, n):
+        """Search once for n neighbours, average them into the query, search again."""
+        transforms = spaces.index_chain(index) if space != "paper" else []
+        inner = index.index if transforms else index
+        q = spaces.apply(transforms, vecs)
+        _, first = inner.search(q, min(n + 1, index.ntotal))
+        for r, (row, skip) in enumerate(zip(first, exclude_ids, strict=True)):
+            nb = [int(i) for i in row if i >= 0 and i != skip][:n]
+            raw = [v for v in (self.catalogue.vector_of(i) for i in nb) if v is not None]
+            if raw:
+                q[r] = (q[r] + spaces.apply(transforms, np.stack(raw)).sum(0)) / (1 + len(raw))
+        if transforms:
+            q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        return inner.search(np.ascontiguousarray(q, np.float32), want)
 
     # -- binary codes (alexsearch codes): Hamming k-NN, optionally re-ranked by exact fc7
 

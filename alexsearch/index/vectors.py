@@ -31,15 +31,21 @@ def choose_kind(kind: str, n: int, dim: int, max_memory: int | None) -> str:
     return "ivfsq" if n * 256 * 1.2 <= budget else "ivfpq"
 
 
-def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray):
-    """A FAISS index of `kind` over vecs with the given ids (IDMap2 keeps id -> vector)."""
+def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray, transforms=None):
+    """A FAISS index of `kind` over vecs with the given ids (IDMap2 keeps id -> vector).
+
+    transforms: trained FAISS VectorTransforms (a search space's, spaces.py); the index
+    of `kind` is then built over their output and wrapped in an IndexPreTransform that
+    applies them to every vector added and every query. The IVF kinds reduce to 256
+    dimensions with their own PCA only when no transform does already."""
     import faiss
 
     n, dim = vecs.shape
+    out_dim = transforms[-1].d_out if transforms else dim
     if kind == "flat":
-        inner = faiss.IndexFlatL2(dim)
+        inner = faiss.IndexFlatL2(out_dim)
     elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(dim, 32)
+        inner = faiss.IndexHNSWFlat(out_dim, 32)
         inner.hnsw.efSearch = 64
     elif kind in ("ivfpq", "ivfsq"):
         nlist = int(max(1, min(4096, 4 * np.sqrt(max(n, 1)))))
@@ -48,26 +54,31 @@ def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray):
                 f"--kind {kind} needs more vectors to train on than {n}; use --kind flat "
                 "(exact) or --kind auto for a collection this small"
             )
-        pca = min(256, dim)
         code = "PQ32" if kind == "ivfpq" else "SQ8"
-        inner = faiss.index_factory(dim, f"PCA{pca},IVF{nlist},{code}")
-        # A sample trains PCA and k-means as well as every vector, at a fraction of the cost.
-        cap = max(50_000, 64 * nlist)
-        train = vecs[np.random.default_rng(0).choice(n, cap, replace=False)] if n > cap else vecs
-        inner.train(np.ascontiguousarray(train))
-        faiss.extract_index_ivf(inner).nprobe = min(nlist, 16)
+        pca = "" if transforms else f"PCA{min(256, dim)},"
+        inner = faiss.index_factory(out_dim, f"{pca}IVF{nlist},{code}")
     else:
         raise IndexError_(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     index = faiss.IndexIDMap2(inner)
+    if transforms:
+        index = faiss.IndexPreTransform(index)
+        for t in reversed(transforms):
+            index.prepend_transform(t)
+    if kind in ("ivfpq", "ivfsq"):
+        # A sample trains PCA and k-means as well as every vector, at a fraction of the cost.
+        cap = max(50_000, 64 * nlist)
+        train = vecs[np.random.default_rng(0).choice(n, cap, replace=False)] if n > cap else vecs
+        index.train(np.ascontiguousarray(train))
+        faiss.extract_index_ivf(inner).nprobe = min(nlist, 16)
     if n:
         index.add_with_ids(np.ascontiguousarray(vecs), ids)
     return index
 
 
-def write_faiss(index_dir: Path, index, generation: int) -> str:
+def write_faiss(index_dir: Path, index, generation: int, prefix: str = "vectors") -> str:
     import faiss
 
-    name = f"vectors-{generation}.faiss"
+    name = f"{prefix}-{generation}.faiss"
     buf = faiss.serialize_index(index)
     atomic_write(index_dir / name, lambda f: f.write(buf.tobytes()))
     return name

@@ -1,0 +1,266 @@
+"""Search spaces for fc7: which post-processing retrieves best, measured.
+
+For each labelled set (photos sorted into folders by subject; a neighbour is right when
+it has the query's folder), fc7 is extracted once with `alexsearch index` (cached under
+--work, with the vectors as .npy), then every row ranks the whole set for each query
+(leave-one-out, a fixed sample of --max-queries queries) and prints precision@1/6/10
+and mAP beside the paper's ranking (Euclidean on raw fc7, Fig. 4), with bytes per image
+and the search latency of one k=6 query (exact FAISS index of that space, one query at
+a time; the network's forward, the same for every row, is not included).
+
+Rows: paper L2; cosine (L2-normalised fc7); PCA to D without whitening, cosine; PCA-
+whitened to D (FAISS PCAMatrix, eigen_power -0.5, learnt on the set itself as `index`
+learns it, then L2-normalised) for D in --dims, with shrinkage s (s x the mean of the
+kept eigenvalues added to each before whitening) for s in --shrink; then average query
+expansion (the query averaged with its top N, searched again; `w` = weighted by cosine
+similarity) for N in --expand on the best whitened row, and N = 1, 2 on paper and cosine.
+
+    python bench/retrieval_spaces.py [--set NAME=FOLDER ...] [--weights CKPT] [--work DIR]
+
+Default sets: CIFAR-10's test split (10,000 images) and 500 a class of its train split
+(5,000), from ../shared/data/cifar10-jpeg.tar.gz; default weights: an untrained,
+paper-initialised 10-class checkpoint (`weights init --seed 1`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+
+
+def cli(*args):
+    r = subprocess.run([sys.executable, "-m", "alexsearch", *map(str, args)], text=True)
+    if r.returncode:
+        sys.exit(f"alexsearch {' '.join(map(str, args))} failed ({r.returncode})")
+
+
+def default_sets(work: Path) -> dict[str, Path]:
+    """CIFAR-10 test (all) and train (500 a class), extracted under work/."""
+    out = {"cifar10-test": work / "cifar10" / "test", "cifar10-train500": work / "trainsub"}
+    if not out["cifar10-test"].exists():
+        if not CIFAR.exists():
+            sys.exit(f"{CIFAR} not found (../shared/data is absent); give --set NAME=FOLDER")
+        with tarfile.open(CIFAR) as tar:
+            tar.extractall(work, filter="data")
+    sub = out["cifar10-train500"]
+    if not sub.exists():
+        for cls in sorted((work / "cifar10" / "train").iterdir()):
+            (sub / cls.name).mkdir(parents=True)
+            for f in sorted(cls.iterdir())[:500]:
+                (sub / cls.name / f.name).write_bytes(f.read_bytes())
+    return out
+
+
+def vectors_of(name: str, folder: Path, weights: Path, work: Path):
+    """(fc7, labels) of a folder, through `alexsearch index`, cached as .npy."""
+    vec_f, lab_f = work / f"{name}.fc7.npy", work / f"{name}.labels.npy"
+    if not vec_f.exists():
+        index = work / f"ix_{name}"
+        cli("index", folder, "--index", index, "--weights", weights, "--device", "cpu")
+        from alexsearch.images.folders import label_of
+        from alexsearch.index.catalogue import Catalogue
+
+        cat = Catalogue(index / "catalogue.sqlite", readonly=True)
+        ok = cat.ok_files(4096)
+        cat.close()
+        _, labels = np.unique([label_of(p) for p in ok.paths], return_inverse=True)
+        np.save(vec_f, ok.vectors)
+        np.save(lab_f, labels)
+    return np.load(vec_f), np.load(lab_f)
+
+
+# -------------------------------------------------------------------------- spaces
+
+
+def whitener(eig, dim: int, power: float, shrink: float):
+    """The library's PCAMatrix (alexsearch/index/spaces.py) from components learnt once."""
+    from alexsearch.index.spaces import pca_matrix
+
+    return pca_matrix(eig, dim, shrink, power)
+
+
+def normalised(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def full_rankings(base: np.ndarray, qvecs: np.ndarray, queries: np.ndarray, chunk=256):
+    """(queries, order) chunks: every other position of base, nearest (L2) first."""
+    import faiss
+
+    from alexsearch.evaluate.retrieval import _drop_self
+
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(np.ascontiguousarray(base, np.float32))
+    for s in range(0, len(queries), chunk):
+        q = queries[s : s + chunk]
+        _, found = index.search(np.ascontiguousarray(qvecs[s : s + chunk], np.float32), len(base))
+        yield q, _drop_self(found, q)
+
+
+def scores(base, qvecs, queries, labels):
+    """precision@1/6/10, mAP, and the top 5 of each query's ranking (for expansion)."""
+    from alexsearch.evaluate.retrieval import ranking_scores
+
+    rows, tops = [], []
+    for q, order in full_rankings(base, qvecs, queries):
+        rows.append(ranking_scores(order, labels, q))
+        tops.append(order[:, :5])
+    return np.concatenate(rows).mean(0), np.concatenate(tops)
+
+
+def expanded(base, queries, top, n, weighted, normalise):
+    """Average query expansion: the query plus its top n (weighted by cosine)."""
+    q = base[queries].astype(np.float64)
+    nb = base[top[:, :n]].astype(np.float64)  # (q, n, d)
+    if weighted:
+        w = np.clip(
+            np.einsum(
+                "qd,qnd->qn",
+                normalised(q),
+                normalised(nb.reshape(-1, q.shape[1])).reshape(nb.shape),
+            ),
+            0,
+            None,
+        )
+    else:
+        w = np.ones(nb.shape[:2])
+    e = (q + np.einsum("qn,qnd->qd", w, nb)) / (1 + w.sum(1, keepdims=True))
+    return (normalised(e) if normalise else e).astype(np.float32)
+
+
+def latency_ms(base, transform, n_expand=0, normalise=True, reps=200) -> float:
+    """ms for one k=6 query, one at a time: transform + exact search (+ expansion)."""
+    import faiss
+
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(np.ascontiguousarray(base))
+    rng = np.random.default_rng(1)
+    raw_q = RAW[rng.choice(len(RAW), reps, replace=False)]
+    t0 = time.perf_counter()
+    for r in raw_q:
+        v = transform(r[None])
+        _, ids = index.search(v, 7 + n_expand)
+        if n_expand:
+            nb = transform(RAW[ids[0, 1 : 1 + n_expand]])  # their raw fc7, as the catalogue has
+            v = (v + nb.sum(0, keepdims=True)) / (1 + n_expand)
+            v = normalised(v) if normalise else v
+            index.search(np.ascontiguousarray(v, np.float32), 7)
+    return (time.perf_counter() - t0) / reps * 1000
+
+
+def IDENT(x):
+    return np.ascontiguousarray(x, np.float32)
+
+
+RAW = np.zeros((1, 1), np.float32)
+
+
+def sweep(name, x, labels, args):
+    global RAW
+    RAW = x
+    rng = np.random.default_rng(0)
+    queries = np.arange(len(x))
+    if len(x) > args.max_queries:
+        queries = np.sort(rng.choice(len(x), args.max_queries, replace=False))
+    rows = []
+
+    def row(label, base, nbytes, transform, n_expand=0, qvecs=None, normalise=True):
+        t = time.perf_counter()
+        s, top = scores(base, base[queries] if qvecs is None else qvecs, queries, labels)
+        lat = latency_ms(base, transform, n_expand, normalise)
+        rows.append((label, nbytes, *s, lat))
+        p = rows[0]
+        print(
+            f"{name:17s} {label:34s} {nbytes:6d} {s[0]:.3f} {s[1]:.3f} {s[2]:.3f} {s[3]:.3f}"
+            f"  p@6 x{s[1] / p[3]:.2f}  {lat:6.3f} ms x{lat / p[-1]:.2f}"
+            f"  ({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
+        return s, top
+
+    print(f"\n{name}: {len(x)} images, {labels.max() + 1} labels, {len(queries)} queries")
+    print(
+        f"{'set':17s} {'space':34s} {'bytes':>6s} p@1   p@6   p@10  mAP    vs paper p@6   latency"
+    )
+    _, top_paper = row("paper: raw fc7, L2", x, 4096 * 4, IDENT)
+    xn = normalised(x)
+    _, top_cos = row("cosine (L2-normalised fc7)", xn, 4096 * 4, lambda v: normalised(IDENT(v)))
+    from alexsearch.index.spaces import SAMPLE, principal_components
+
+    t = time.perf_counter()
+    eig = principal_components(x, max(args.dims), SAMPLE)
+    print(
+        f"principal components: top {max(args.dims)} of {eig.sample} vectors in "
+        f"{time.perf_counter() - t:.0f} s (randomized SVD, as `index` learns them)"
+    )
+    best = None
+    for d in args.dims:
+        pca = whitener(eig, d, 0.0, 0.0)
+        xp = normalised(pca.apply(x))
+        row(
+            f"PCA {d}, no whitening, cosine",
+            xp,
+            d * 4,
+            lambda v, p=pca: normalised(p.apply(IDENT(v))),
+        )
+        for s in args.shrink:
+            pca = whitener(eig, d, -0.5, s)
+            xw = normalised(pca.apply(x))
+            tf = lambda v, p=pca: normalised(p.apply(IDENT(v)))  # noqa: E731
+            sc, top = row(f"whitened {d}, shrink {s:g}", xw, d * 4, tf)
+            if best is None or sc[1] > best[0][1]:
+                best = (sc, d, s, xw, top, tf)
+    sc, d, s, xw, top, tf = best
+    for n in args.expand:
+        for w in (False, True):
+            q = expanded(xw, queries, top, n, w, True)
+            row(f"whitened {d}, shrink {s:g} + QE{n}{' w' if w else ''}", xw, d * 4, tf, n, q)
+    for n in (1, 2):
+        q = expanded(x, queries, top_paper, n, False, False)
+        row(f"paper + QE{n}", x, 4096 * 4, IDENT, n, q, normalise=False)
+        q = expanded(xn, queries, top_cos, n, False, True)
+        row(f"cosine + QE{n}", xn, 4096 * 4, lambda v: normalised(IDENT(v)), n, q)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--set", action="append", default=[], help="NAME=FOLDER (labelled)")
+    ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/b19"))
+    ap.add_argument("--max-queries", type=int, default=5000)
+    ap.add_argument("--dims", default="128,256,512,1024")
+    ap.add_argument("--shrink", default="0,0.01,0.1,1")
+    ap.add_argument("--expand", default="1,2,3,5")
+    args = ap.parse_args()
+    args.dims = [int(v) for v in args.dims.split(",")]
+    args.shrink = [float(v) for v in args.shrink.split(",")]
+    args.expand = [int(v) for v in args.expand.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
+    sets = dict(s.split("=", 1) for s in args.set) if args.set else default_sets(args.work)
+    weights = args.weights
+    if weights is None:
+        weights = args.work / "init10.ckpt"
+        if not weights.exists():
+            cli("weights", "init", "--out", weights, "--classes", "10", "--seed", "1")
+        print(f"weights: untrained paper-init checkpoint {weights} (seed 1)")
+    import os
+
+    print(f"machine: {os.cpu_count()} cores; one query at a time, exact FAISS search")
+    for name, folder in sets.items():
+        x, labels = vectors_of(name, Path(folder), weights, args.work)
+        sweep(name, x, labels, args)
+
+
+if __name__ == "__main__":
+    main()
