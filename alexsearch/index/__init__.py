@@ -9,7 +9,8 @@ autoencoder, and a query embedded on a GPU or from a checkpoint the torch-free r
 leaves to torch. Search over a published index needs FAISS and numpy.
 """
 
-# Images a forward: the paper's training batch. On a 2-core CPU with bf16, 128 ran the
-# forward ~1.4x faster than 32 (bench/index_throughput.py, "choices": the fully connected
-# layers read their 58M weights once a batch), at ~1.3 GB of peak memory.
+# Images a forward: the paper's training batch. The fully connected layers read their 58M
+# weights once a batch, so a larger batch spreads that read: on a 2-core AVX512_BF16 CPU,
+# 128 ran the forward 1.04-1.56x as fast as 32 (bench/index_throughput.py, "choices"),
+# at ~1.3 GB of peak memory in bf16.
 BATCH = 128
