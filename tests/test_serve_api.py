@@ -500,3 +500,23 @@ def test_serve_runs_warns_beyond_loopback_and_stops_on_ctrl_c(site):
     no_traceback(r)
     warning = err.strip().splitlines()
     assert len(warning) == 1 and warning[0].startswith("warning: bound to 0.0.0.0"), err
+
+
+def test_serving_runs_each_request_on_one_blas_thread(monkeypatch):
+    """Concurrent uploads each run the network: on one BLAS thread apiece they share the
+    cores instead of oversubscribing them; the limit is lifted when serving stops."""
+    import uvicorn
+    from threadpoolctl import threadpool_info
+
+    from alexsearch.serve import run
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: seen.append(blas_threads()))
+    before = blas_threads()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        run.serve(lambda *a: None, sock, say=lambda s: None)
+    assert seen == [{1}] and blas_threads() == before
