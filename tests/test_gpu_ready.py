@@ -51,17 +51,14 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+def a_config(data, tmp_path, **kw) -> config.TrainConfig:
+    """One CPU epoch of the tiny set; `kw` overrides any setting."""
+    settings = dict(epochs=1, batch_size=1, workers=0, device="cpu", lr=1e-5)
+    return config.TrainConfig(data=str(data), out=str(tmp_path / "run"), **{**settings, **kw})
+
+
 def a_run(data, tmp_path, **kw):
-    cfg = config.TrainConfig(
-        data=str(data),
-        out=str(tmp_path / "run"),
-        epochs=1,
-        batch_size=1,
-        workers=0,
-        device="cpu",
-        lr=1e-5,
-        **kw,
-    )
+    cfg = a_config(data, tmp_path, **kw)
     p = plan.setup_plan(cfg.device)
     return cfg, p, start.start_or_resume(cfg, p, silent, False)
 
@@ -208,15 +205,7 @@ def test_validation_runs_as_eval_does_whatever_the_training_autocast(data, tmp_p
 
 
 def test_best_checkpoints_validation_error_is_evals(data, tmp_path):
-    cfg = config.TrainConfig(
-        data=str(data),
-        out=str(tmp_path / "run"),
-        epochs=1,
-        batch_size=2,
-        workers=0,
-        device="cpu",
-        lr=1e-4,
-    )
+    cfg = a_config(data, tmp_path, batch_size=2, lr=1e-4)
     result = loop.run(cfg)
     from alexsearch.weights import checkpoint
 
@@ -247,19 +236,7 @@ def test_two_tower_plan_compiles_and_sends_tower_1_uint8(data, tmp_path, monkeyp
         "_exchange",
         lambda self, parts: exchanges.append(1) or real_x(self, parts),
     )
-    cfg = config.TrainConfig(
-        data=str(data),
-        out=str(tmp_path / "two"),
-        epochs=1,
-        batch_size=5,
-        workers=0,
-        device="cpu,cpu",
-        lr=1e-5,
-        compile=True,
-        limit=5,
-    )
-    p = plan.setup_plan(cfg.device)
-    run = start.start_or_resume(cfg, p, silent, False)
+    cfg, p, run = a_run(data, tmp_path, batch_size=5, device="cpu,cpu", compile=True, limit=5)
     assert compiled == [run.net] and isinstance(run.net, alexnet.TwoDeviceAlexNet)
     sums = epoch.train_one_epoch(run, cfg, p, 1, silent)
     assert sums.seen == 5

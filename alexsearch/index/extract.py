@@ -95,7 +95,7 @@ def decoding(
     max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
     workers: int = 0,
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int = BATCH,
     gpu_jpeg: bool = False,
     pin: bool | None = None,
 ):
