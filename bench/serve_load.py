@@ -4,7 +4,8 @@ queries by id, then 100 by upload, to a server over an index of the CIFAR-10 tes
 resident memory before and after, beside the targets (2 CPU cores: by id p95 <= 100 ms,
 by upload p95 <= 300 ms, errors 0, memory growth < 5%).
 
-    python bench/serve_load.py [--cache /tmp/alexsearch-serve-bench] [--clients 8]
+    python bench/serve_load.py [--cache /tmp/alexsearch-serve-bench] [--data ../shared/data]
+        [--clients 8]
 
 The index is built once into the cache folder (a few minutes on a CPU), with an
 untrained paper-initialised network (the cost of a query does not depend on training);
@@ -32,11 +33,11 @@ SHARED = ROOT.parent / "shared" / "data"
 TARGETS = {"id_p95_ms": 100.0, "upload_p95_ms": 300.0, "rss_growth": 0.05}
 
 
-def prepare(cache: Path) -> tuple[Path, Path, list[Path]]:
-    """(index, weights, upload photos) in `cache`, made the first time."""
-    archive = SHARED / "cifar10-jpeg.tar.gz"
+def prepare(cache: Path, data: Path = SHARED) -> tuple[Path, Path, list[Path]]:
+    """(index, weights, upload photos) in `cache`, made the first time from `data`."""
+    archive = data / "cifar10-jpeg.tar.gz"
     if not archive.exists():
-        sys.exit(f"{archive} not found (../shared/data is absent)")
+        sys.exit(f"{archive} not found (../shared/data is absent; give --data DIR)")
     cache.mkdir(parents=True, exist_ok=True)
     test, uploads = cache / "cifar10" / "test", cache / "uploads"
     if not test.exists() or not uploads.exists():
@@ -142,12 +143,13 @@ def pct(xs: list[float], q: float) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/alexsearch-serve-bench"))
+    ap.add_argument("--data", type=Path, default=SHARED, help="folder of cifar10-jpeg.tar.gz")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--by-id", type=int, default=500)
     ap.add_argument("--by-upload", type=int, default=100)
     ap.add_argument("--k", type=int, default=10)
     a = ap.parse_args()
-    index, weights, photos = prepare(a.cache)
+    index, weights, photos = prepare(a.cache, a.data)
     cmd = [sys.executable, "-m", "alexsearch", "serve", "--index", str(index),
            "--weights", str(weights), "--port", "0"]  # fmt: skip
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

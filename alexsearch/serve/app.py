@@ -17,9 +17,11 @@ for a bug).
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from urllib.parse import parse_qs
 
+import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -107,6 +109,10 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         desc["max_k"] = MAX_K
         return JSONResponse(desc)
 
+    # Uploads run the network: at most one a core at a time (the rest wait their turn in
+    # order) rather than every request's thread contending for the cores and the GIL.
+    embedding = anyio.CapacityLimiter(os.cpu_count() or 1)
+
     async def query(request: Request) -> Response:
         fields, image = await _query_input(request, max_upload)
         k = _int(fields.get("k", 6), "k", 1, MAX_K)
@@ -115,7 +121,11 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         if image is not None:
             if not image:
                 raise BadRequest("the uploaded image is empty")
-            res = (await run_in_threadpool(ix.query, image, k, binary, rerank))[0]
+            res = (
+                await anyio.to_thread.run_sync(
+                    ix.query, image, k, binary, rerank, limiter=embedding
+                )
+            )[0]
             if res.error:
                 raise BadRequest(f"the uploaded image cannot be used: {res.error}")
         elif "id" in fields:
