@@ -16,7 +16,9 @@ whitened D and shrinkage, the same whitening after a power normalisation of fc7 
 square root, a standard trick for ReLU activations) and after L2 normalisation; average
 query expansion (the query averaged with its top N, searched again; `w` = weighted by
 cosine similarity) for N in --expand and alpha-QE (weights cosine^3, N = 5, 10) on the
-best whitened row, and N = 1, 2 on paper and cosine; last, database-side augmentation
+best whitened row, and N = 1, 2 on paper and cosine; hubness correction (CSLS: a stored
+vector's score less beta x its mean cosine to its k nearest, as L2 in D + 2 dimensions);
+last, database-side augmentation
 (DBA: every stored vector replaced by the normalised sum of itself and its top N,
 weighted as QE is), measured on a split (half the set the database, queries from the
 other half: leave-one-out would leak each query into its neighbours' averages) beside
@@ -277,6 +279,15 @@ def sweep(name, x, labels, args):
             d * 4,
             lambda v, p=pca, f=prep: normalised(p.apply(IDENT(f(IDENT(v))))),
         )
+    for k, beta in ((10, 0.5), (20, 0.5), (20, 1.0)):
+        base, qv = hubness_corrected(xw, k, beta)
+
+        def tf_csls(v, t=tf):
+            w = t(v)
+            return np.hstack([w, np.ones((len(w), 1)), np.zeros((len(w), 1))]).astype(np.float32)
+
+        row(f"whitened {d}, shrink {s:g}, CSLS k{k} b{beta:g}", base, d * 4 + 8, tf_csls, 0,
+            qv[queries])  # fmt: skip
     for n, w in [(n, w) for n in args.expand for w in (0, 1)] + [(5, 3), (10, 3)]:
         q = expanded(xw, queries, top, n, w, True)
         tag = {0: "", 1: " w", 3: " alpha 3"}[w]
@@ -288,6 +299,23 @@ def sweep(name, x, labels, args):
         row(f"cosine + QE{n}", xn, 4096 * 4, lambda v: normalised(IDENT(v)), n, q)
     dba_rows(name, x, xw, labels, args.max_queries, tf, d)
     return rows
+
+
+def hubness_corrected(y: np.ndarray, k: int, beta: float):
+    """(stored, queries): unit vectors y ranked by cos(q, x) - beta r_x, r_x the mean
+    cosine of x to its k nearest others (CSLS, Lample et al. 2018: hubs, near to
+    everything, are pushed back), as plain L2 in d + 2 dimensions: x -> [x, -beta r_x,
+    sqrt(M - (beta r_x)^2)] (all the same norm), q -> [q, 1, 0]."""
+    import faiss
+
+    index = faiss.IndexFlatIP(y.shape[1])
+    index.add(np.ascontiguousarray(y, np.float32))
+    sim, _ = index.search(np.ascontiguousarray(y, np.float32), k + 1)
+    c = beta * sim[:, 1:].mean(1)  # self first
+    big = float((c**2).max())
+    stored = np.hstack([y, -c[:, None], np.sqrt(big - c**2)[:, None]]).astype(np.float32)
+    queries = np.hstack([y, np.ones((len(y), 1)), np.zeros((len(y), 1))]).astype(np.float32)
+    return stored, queries
 
 
 def signed_sqrt(x: np.ndarray) -> np.ndarray:
