@@ -7,6 +7,8 @@ the largest eigenvalue error of each against numpy's full SVD.
     python bench/principal_components.py [--vectors FC7.npy] [--n 1000,2048] [--dim 256]
 
 Without --vectors: fc7-like synthetic vectors (ReLU of a low-rank Gaussian mix).
+Columns: `learn s` from the loaded vectors to the components, the method's own imports
+(scikit-learn, or alexsearch.index.spaces) included; `cold s` adds numpy's import.
 """
 
 from __future__ import annotations

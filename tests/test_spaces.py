@@ -168,13 +168,30 @@ def test_index_made_before_spaces_answers_paper_until_reindexed(planted, init_ck
 
 def test_too_small_collection_falls_back_to_paper_and_info_says_so(tmp_path, init_ckpt, capsys):
     x, _, names = clustered(clusters=3, per=4)
-    m = plant(tmp_path / "ix", init_ckpt, x, names, space_dim=8)
+    m = plant(tmp_path / "ix", init_ckpt, x, names, space_dim=32)
     assert m.space is None and m.space_requested == "whitened"
     info = json.loads(run_in_process(capsys, "info", "--index", tmp_path / "ix", "--json").stdout)
-    assert info["space"].startswith("paper (whitened 8-d needs at least 16 vectors")
+    # 32-d needs 64 vectors, 16-d 32, 8-d (a quarter, the least it goes down to) 16
+    assert info["space"].startswith("paper (whitened 32-d needs at least 16 vectors")
     assert "this index has 12" in info["space"]
     with alexsearch.open_index(tmp_path / "ix") as ix:
         assert ix.query(x[:1])[0].space == "paper"
+
+
+def test_small_collection_learns_fewer_dimensions_then_the_asked_ones_as_it_grows(
+    tmp_path, init_ckpt, capsys
+):
+    x, labels, names = clustered()  # 64 vectors: 64-d needs 128, so 32-d is learnt
+    m = plant(tmp_path / "ix", init_ckpt, x, names, space_dim=64)
+    assert (m.space.dimension, m.space_dim) == (32, 64)
+    info = json.loads(run_in_process(capsys, "info", "--index", tmp_path / "ix", "--json").stdout)
+    assert info["space"].startswith("whitened 32-d")
+    with alexsearch.open_index(tmp_path / "ix") as ix:
+        assert same_cluster_rate(ix.query(x, k=6), labels, 6) > 0.9
+        assert same_cluster_rate(ix.query(x, k=6, space="paper"), labels, 6) < 0.5
+    more, _, more_names = clustered(seed=1, per=8)
+    m = plant(tmp_path / "ix", init_ckpt, more, [f"more-{n}" for n in more_names], space_dim=64)
+    assert (m.space.dimension, m.space.generation, m.space.learnt_from) == (64, 2, 128)
 
 
 def test_expand_changes_the_answer_as_expected(tmp_path, init_ckpt, capsys):

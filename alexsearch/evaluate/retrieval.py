@@ -134,8 +134,8 @@ def _space_rows(row, index_dir, manifest, vecs, queries, expand) -> None:
         pca = spaces.read_transform(index_dir, manifest.space.transform_file)
         source = f"the index's, generation {manifest.space.generation}"
     else:
-        want = manifest.space_dim or spaces.DEFAULT_DIM
-        if len(vecs) < spaces.min_vectors(want):
+        want = spaces.fitting_dim(manifest.space_dim or spaces.DEFAULT_DIM, len(vecs))
+        if want is None:
             return
         pca, _ = spaces.learn(vecs, want)
         source = "learnt here"

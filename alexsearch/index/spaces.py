@@ -12,7 +12,8 @@
 The transform is learnt at publish time from the collection's own vectors (a fixed
 sample of at most SAMPLE), saved in whiten-<gen>.faissvt and kept while the collection
 stays between half and one and a half times the size it was learnt from; past that it
-is learnt again. A collection of fewer than min_vectors(D) vectors answers in `paper`.
+is learnt again. A collection of fewer than min_vectors(D) vectors learns D/2 or D/4
+dimensions (fitting_dim), and one too small for those answers in `paper`.
 Raw fc7 stays in the catalogue and the paper's index, so `paper` is always available.
 
 Learning takes the top D components of the centred sample only: exactly through its
@@ -44,6 +45,17 @@ MIN_PER_DIM = 2  # below ~2 vectors a dimension the smallest kept eigenvalues ar
 def min_vectors(dim: int) -> int:
     """The fewest vectors a whitened space of `dim` dimensions is learnt from."""
     return MIN_PER_DIM * dim
+
+
+def fitting_dim(dim: int, n: int) -> int | None:
+    """The dimension a collection of n vectors learns when `dim` is asked for: dim, or
+    for too few vectors dim halved until they are enough, down to a quarter of it (the
+    whitened space beat the paper's L2 at 128 on 469 photos, where 256 needs 512);
+    None below that: the collection answers in paper."""
+    for d in (dim, dim // 2, dim // 4):
+        if d >= 1 and n >= min_vectors(d):
+            return d
+    return None
 
 
 def check_space(space: str | None, dim: int | None = None) -> None:
@@ -183,11 +195,14 @@ def refresh(index_dir: Path, old, requested: str, dim: int, ids, vecs, kind: str
     n = len(ids)
     if requested == "paper":
         return None, "asked for with --space paper"
-    if n < min_vectors(dim):
+    fit = fitting_dim(dim, n)
+    if fit is None:
+        least = min_vectors(max(dim // 4, 1))
         return None, (
-            f"whitened {dim}-d needs at least {min_vectors(dim)} vectors, this index has {n}; "
+            f"whitened {dim}-d needs at least {least} vectors, this index has {n}; "
             "it is learnt when the collection is large enough"
         )
+    dim = fit
     if old is not None and old.dimension == dim and not needs_relearn(old.learnt_from, n):
         pca = read_transform(index_dir, old.transform_file)
         learnt = (old.sample, old.learnt_from, old.generation, old.transform_file, old.shrink)
