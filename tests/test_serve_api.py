@@ -472,6 +472,8 @@ def test_serve_refuses_at_start_up(site, tmp_path, capsys):
         held.close()
     r = run_in_process(capsys, "serve", "--index", site["ix"], "--max-upload", "lots", check=False)
     one_line_error(r, "--max-upload 'lots'")
+    r = run_in_process(capsys, "serve", "--index", site["ix"], "--device", "tpu", check=False)
+    one_line_error(r, "--device 'tpu'", "auto, cpu, cuda")
 
 
 def test_serve_runs_warns_beyond_loopback_and_stops_on_ctrl_c(site):

@@ -3,7 +3,7 @@ imports torch.
 
 Importing torch takes ~2.5 s on the 2-core dev machine, more than everything else a
 query does together (bench/query_latency.py). A query embeds a few images, where
-numpy's BLAS matrix products (an im2col per convolution) take ~0.06 s an image. The
+numpy's BLAS matrix products (an im2col per convolution) take ~0.04 s an image. The
 arithmetic is the one-device plan of net/alexnet.py in float32, so vectors equal
 torch's to float rounding (tests/test_numpy_net.py); the index's vectors still come
 from torch.

@@ -16,12 +16,14 @@ for a bug).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from urllib.parse import parse_qs
 
-import anyio
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -109,9 +111,11 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         desc["max_k"] = MAX_K
         return JSONResponse(desc)
 
-    # Uploads run the network: at most one a core at a time (the rest wait their turn in
-    # order) rather than every request's thread contending for the cores and the GIL.
-    embedding = anyio.CapacityLimiter(os.cpu_count() or 1)
+    # Uploads run the network on threads of their own, one a core (the rest wait their
+    # turn in order), rather than every request's thread contending for the cores and the
+    # GIL; the same few threads each time, so the forward's buffers are not spread over
+    # one allocator arena per request thread.
+    embedding = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="alexsearch-embed")
 
     async def query(request: Request) -> Response:
         fields, image = await _query_input(request, max_upload)
@@ -121,11 +125,8 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         if image is not None:
             if not image:
                 raise BadRequest("the uploaded image is empty")
-            res = (
-                await anyio.to_thread.run_sync(
-                    ix.query, image, k, binary, rerank, limiter=embedding
-                )
-            )[0]
+            run = functools.partial(ix.query, image, k, binary, rerank)
+            res = (await asyncio.get_running_loop().run_in_executor(embedding, run))[0]
             if res.error:
                 raise BadRequest(f"the uploaded image cannot be used: {res.error}")
         elif "id" in fields:
