@@ -269,6 +269,7 @@ class Index:
         threshold: float | None = None,
         keep: str = "largest",
         progress: Progress | None = None,
+        space: str | None = None,
     ):
         """Groups of duplicate photos (what `alexsearch duplicates --json` prints is its
         `to_dict()`): a `Report` whose `groups` each have a `tier` (exact: same bytes;
@@ -278,12 +279,14 @@ class Index:
         there). tier: the loosest tier shown ("exact", "near" the default, "similar").
         threshold: the fc7 cosine distance of that tier (default: the benchmark's).
         keep: largest (most pixels, then the oldest file), oldest, newest, smallest.
-        From the stored fc7 and thumbnails only: nothing is decoded."""
+        space: the fc7 space compared (None: the index's, whitened where it has one;
+        "paper": raw fc7 centred), each with its own default thresholds. From the
+        stored fc7 and thumbnails only: nothing is decoded."""
         from .index import duplicates
 
         with self._lock:
             snap = self._current()
-            photos = duplicates.photos_of(snap.catalogue, snap.manifest.dimension)
+            photos = duplicates.photos_of(snap, space)
         return duplicates.report(photos, tier, threshold, keep, progress)
 
     def move_duplicates(self, report, to: str | os.PathLike):

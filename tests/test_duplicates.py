@@ -50,9 +50,13 @@ def test_cli_json_finds_each_planted_copy_in_its_tier(library, init_ckpt):
     members = {f["path"] for f in near["files"]}
     planted = {str(files[t][0]) for t in ("reencode", "resize", "crop")}
     assert members == planted | {original}
-    assert near["files"][0]["path"] == original and near["files"][0]["distance"] == 0
-    for f in near["files"][1:]:
-        assert f["signal"] in ("fc7", "phash", "fc7+phash") and f["distance"] >= 0
+    assert near["files"][0]["path"] == original  # the keep first
+    rep = near["representative"]
+    for f in near["files"]:
+        if f["path"] == rep:
+            assert f["distance"] == 0 and f["signal"] == "representative"
+        else:
+            assert f["signal"] in ("fc7", "phash", "fc7+phash") and f["distance"] >= 0
     # the other originals are in no group
     grouped = {f["path"] for g in report["groups"] for f in g["files"]}
     assert not grouped & {str(p) for p in files["originals"][1:]}
@@ -90,30 +94,34 @@ def test_a_zero_threshold_and_similar_tier(library):
 
 
 def test_groups_do_not_chain():
-    """A - B - C on a line: A and B are close, B and C are close, A and C are not. A
-    photo joins only when close to the group's keep, so A and C share a group only
-    around B, never through it (connected components would join all three from A)."""
+    """A - B - C - D on a line: each is close to the next, no two others are close.
+    Connected components (what imagededup does) would make one group of all four; here
+    a photo joins only when it is close to the group's representative."""
     rng = np.random.default_rng(0)
     base = rng.normal(size=(200, 64)).astype(np.float32)  # unrelated photos around
     u, w = np.eye(64, dtype=np.float32)[:2]
-    angles = np.radians([0, 12, 24])  # cosine distances 0.022 (A-B, B-C), 0.086 (A-C)
-    abc = np.stack([np.cos(a) * u + np.sin(a) * w for a in angles]) * 60
-    vec = np.concatenate([abc, base])
+    angles = np.radians([0, 12, 24, 36])  # neighbours 0.022 apart, the others >= 0.086
+    line = np.stack([np.cos(a) * u + np.sin(a) * w for a in angles]) * 60
+    vec = np.concatenate([line, base])
     n = len(vec)
     photos = dup.Photos(
         np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
         np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
     )  # fmt: skip
     unit = dup.centred_unit(photos)
-    d = 1 - unit[:3] @ unit[:3].T
-    assert d[0, 1] < 0.05 and d[1, 2] < 0.05 and d[0, 2] > 0.05  # as planted
+    d = 1 - unit[:4] @ unit[:4].T
+    close = d <= 0.05
+    assert [list(np.flatnonzero(row)) for row in close] == [[0, 1], [0, 1, 2], [1, 2, 3], [2, 3]]
     t = dup.Thresholds(near_fc7=0.05)
     by_size = dup.keep_order(photos, "largest", lambda r: 0)  # A is the largest file
     groups = dup.find_groups(photos, ["exact", "near"], t, by_size)
-    assert [g for _, g in groups] == [[0, 1]]  # C is not pulled in through B
-    b_first = lambda rows: np.asarray(sorted(rows, key=lambda r: r != 1))  # noqa: E731
-    groups = dup.find_groups(photos, ["exact", "near"], t, b_first)
-    assert [g for _, g in groups] == [[1, 0, 2]]  # each close to the keep, B
+    # B (close to two, before C in keep order) represents A, B, C; A, the largest, is kept;
+    # D, close only to C, is not pulled in through it
+    assert [(g, rep) for _, g, rep in groups] == [([0, 1, 2], 1)]
+    with_api_shapes = dup.report(photos, threshold=0.05)
+    [g] = with_api_shapes.groups
+    assert g.keep == "0.jpg" and g.representative == "1.jpg"
+    assert all(m.distance <= 0.05 for m in g.files)  # every member close to the representative
 
 
 def test_move_to_keeps_relative_paths_records_refuses_overwrite(tmp_path, init_ckpt):

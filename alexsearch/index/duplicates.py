@@ -12,17 +12,18 @@ Neighbours come from FAISS, never an N x N matrix: k-NN over the unit fc7 vector
 up to FLAT_MAX photos, then PCA to 256 and an inverted file) and k-NN in Hamming space
 over the hashes; each candidate pair is then judged on its exact distances.
 
-Groups do not chain: photos are taken in keep order (the keep rule's best first); each
-photo not yet grouped starts a group of itself and every ungrouped photo within the
-tier's thresholds of it, so every member is close to the group's keep, never only to
-some other member. The thresholds are the defaults bench/duplicates.py chose.
+Groups do not chain: photos are taken by how many others they are close to (most
+first, ties in keep order); each photo not yet grouped becomes the representative of a
+group of itself and every ungrouped photo within the tier's thresholds of it, so every
+member is close to the group's representative, never only to some other member. The
+keep rule then picks which member stays. The thresholds are the defaults bench/duplicates.py chose.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -31,11 +32,9 @@ from ..errors import UserError
 TIERS = ("exact", "near", "similar")
 KEEP_RULES = ("largest", "oldest", "newest", "smallest")
 
-# Defaults chosen on the tuning half of bench/duplicates.py (see README, Duplicates).
-NEAR_FC7 = 0.05  # fc7 cosine distance of a near duplicate
-NEAR_HASH = 10  # pHash bits that may differ in a near duplicate
-SIMILAR_FC7 = 0.15  # fc7 cosine distance of a similar shot
-
+# Defaults chosen on the tuning half of bench/duplicates.py (README, Duplicates), one set
+# per fc7 space: the index's whitened space where it has learnt one, else raw fc7
+# centred on the collection's mean (a small collection).
 K_NEIGHBOURS = 16  # candidates per photo from each signal
 FLAT_MAX = 20_000  # exact k-NN up to this many photos, an inverted file beyond
 PCA_DIM = 256
@@ -45,9 +44,9 @@ PCA_DIM = 256
 class Member:
     path: str
     id: int
-    distance: float  # fc7 cosine distance to the group's keep
-    hash_distance: int  # pHash bits differing from the keep's (-1: a photo without one)
-    signal: str  # what put it in the group: keep, digest, fc7, phash or fc7+phash
+    distance: float  # fc7 cosine distance to the group's representative
+    hash_distance: int  # pHash bits differing from the representative's (-1: no pHash)
+    signal: str  # what put it in the group: representative, digest, fc7, phash, fc7+phash
 
     def to_dict(self) -> dict:
         return {
@@ -64,27 +63,45 @@ class Group:
     tier: str
     keep: str  # the member's path the keep rule keeps
     files: list[Member]  # every member, the keep first
+    representative: str = ""  # the member every other one is close to
 
     def to_dict(self) -> dict:
         return {
             "tier": self.tier,
             "keep": self.keep,
+            "representative": self.representative or self.keep,
             "files": [m.to_dict() for m in self.files],
         }
 
 
 @dataclass
 class Thresholds:
-    near_fc7: float = NEAR_FC7
-    near_hash: int = NEAR_HASH
-    similar_fc7: float = SIMILAR_FC7
+    """A pair is near when fc7 <= near_fc7, or pHash bits <= near_hash, or both fc7 <=
+    both_fc7 and bits <= both_hash (two moderate agreements outweigh one); similar when
+    fc7 <= similar_fc7. fc7: cosine distance in `space`."""
+
+    space: str = "whitened"
+    near_fc7: float = 0.2
+    near_hash: int = 8
+    both_fc7: float = 0.4
+    both_hash: int = 26
+    similar_fc7: float = 0.6
 
     def to_dict(self) -> dict:
         return {
+            "space": self.space,
             "near_fc7": self.near_fc7,
             "near_hash": self.near_hash,
+            "both_fc7": self.both_fc7,
+            "both_hash": self.both_hash,
             "similar_fc7": self.similar_fc7,
         }
+
+
+DEFAULTS = {
+    "whitened": Thresholds("whitened", 0.2, 8, 0.4, 26, 0.6),
+    "paper": Thresholds("paper", 0.1, 10, 0.4, 18, 0.5),
+}
 
 
 @dataclass
@@ -115,12 +132,13 @@ class Photos:
 
     ids: np.ndarray  # int64 (n,)
     paths: list[str]
-    vectors: np.ndarray  # float32 (n, d) raw fc7
+    vectors: np.ndarray  # float32 (n, d): fc7 in `space` (whitened, or raw fc7: paper)
     hashes: np.ndarray  # uint8 (n, 8): 64-bit pHash, packed
     has_hash: np.ndarray  # bool (n,)
     digests: list[str]
     sizes: np.ndarray  # int64 bytes
     mtimes: np.ndarray  # int64 ns
+    space: str = "paper"
 
 
 def tiers_for(tier: str | None) -> list[str]:
@@ -131,10 +149,10 @@ def tiers_for(tier: str | None) -> list[str]:
     return list(TIERS[: TIERS.index(tier) + 1])
 
 
-def thresholds_for(tiers: list[str], threshold: float | None) -> Thresholds:
-    """The defaults, with `threshold` (--threshold) as the fc7 distance of the loosest
-    tier shown (refused for exact alone, which has none)."""
-    t = Thresholds()
+def thresholds_for(tiers: list[str], threshold: float | None, space: str) -> Thresholds:
+    """The space's defaults, with `threshold` (--threshold) as the fc7 distance of the
+    loosest tier shown (refused for exact alone, which has none)."""
+    t = replace(DEFAULTS[space])
     if threshold is None:
         return t
     if not 0 <= threshold <= 2:
@@ -143,6 +161,7 @@ def thresholds_for(tiers: list[str], threshold: float | None) -> Thresholds:
         raise UserError("--threshold has no meaning for --tier exact (same bytes)")
     if tiers[-1] == "near":
         t.near_fc7 = threshold
+        t.both_fc7 = max(t.both_fc7, threshold)
         t.similar_fc7 = max(t.similar_fc7, threshold)
     else:
         t.similar_fc7 = threshold
@@ -202,8 +221,11 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def centred_unit(photos: Photos) -> np.ndarray:
-    """Every photo's fc7 centred on the mean of the collection's distinct files (a file's
-    exact copies counted once) and scaled to unit length."""
+    """Every photo's fc7 at unit length: whitened vectors as they are (the whitening
+    centred them), raw fc7 centred on the mean of the collection's distinct files (a
+    file's exact copies counted once)."""
+    if photos.space == "whitened":
+        return unit_fc7(photos.vectors)
     first = {}
     for r, d in enumerate(photos.digests):
         first.setdefault(d or r, r)
@@ -299,7 +321,8 @@ def candidate_pairs(unit: np.ndarray, hashes: np.ndarray, has_hash: np.ndarray) 
 
 
 def near_edge(p: Pairs, t: Thresholds) -> np.ndarray:
-    return (p.fc7 <= t.near_fc7) | (p.bits <= t.near_hash)
+    both = (p.fc7 <= t.both_fc7) & (p.bits <= t.both_hash)
+    return (p.fc7 <= t.near_fc7) | (p.bits <= t.near_hash) | both
 
 
 def star_groups(n: int, a, b, order: np.ndarray, allowed: np.ndarray) -> list[list[int]]:
@@ -325,21 +348,37 @@ def star_groups(n: int, a, b, order: np.ndarray, allowed: np.ndarray) -> list[li
     return groups
 
 
+def groups_of(n: int, a, b, order: np.ndarray, allowed: np.ndarray) -> list[tuple[list, int]]:
+    """star_groups around the most connected photos: representatives are taken by their
+    number of edges (most first; ties in keep order), as a photo's many variants all
+    lie close to the photo itself, not to each other; each group is then listed in
+    keep order (the keep first). Returns (rows, representative) per group."""
+    ok = allowed[a] & allowed[b]
+    degree = np.bincount(np.concatenate([a[ok], b[ok]]), minlength=n)
+    position = np.full(n, n, np.int64)
+    position[order] = np.arange(len(order))
+    by_degree = order[np.argsort(-degree[order], kind="stable")]
+    out = []
+    for g in star_groups(n, a, b, by_degree, allowed):
+        out.append((sorted(g, key=lambda r: position[r]), g[0]))
+    return out
+
+
 def find_groups(
     photos: Photos,
     tiers: list[str],
     thresholds: Thresholds,
     order_of: Callable[[np.ndarray], np.ndarray],
     progress: Callable | None = None,
-) -> list[tuple[str, list[int]]]:
-    """(tier, [keep row, member rows...]) for every group.
+) -> list[tuple[str, list[int], int]]:
+    """(tier, [keep row, member rows...], representative row) for every group.
 
     order_of(rows): those rows, the keep rule's best first (asked only of the rows that
     have a duplicate, so a large collection's headers are not all read). Exact groups
     first (one per digest); near and similar groups are then made of each exact group's
     keep and the photos in no exact group, so a photo's copies go with it."""
     n = len(photos.ids)
-    out: list[tuple[str, list[int]]] = []
+    out: list[tuple[str, list[int], int]] = []
     by_digest: dict[str, list[int]] = {}
     for r, d in enumerate(photos.digests):
         if d:
@@ -349,7 +388,7 @@ def find_groups(
         if len(rows) > 1:
             rows = order_of(np.asarray(rows)).tolist()
             allowed[rows[1:]] = False
-            out.append(("exact", rows))
+            out.append(("exact", rows, rows[0]))
     if tiers == ["exact"] or n < 2:
         return out
     if progress:
@@ -368,9 +407,9 @@ def find_groups(
         if tier not in tiers:
             continue
         e = edges[tier]
-        for g in star_groups(n, pairs.a[e], pairs.b[e], order, ~taken):
+        for g, rep in groups_of(n, pairs.a[e], pairs.b[e], order, ~taken):
             taken[g[1:]] = True  # a keep may still gather a looser tier's group
-            out.append((tier, g))
+            out.append((tier, g, rep))
     return out
 
 
@@ -416,26 +455,25 @@ def report(
     progress: Callable | None = None,
 ) -> Report:
     tiers = tiers_for(tier)
-    t = thresholds_for(tiers, threshold)
+    t = thresholds_for(tiers, threshold, photos.space)
     order_of = keep_order(photos, keep, lambda r: pixel_count(photos.paths[r]))
     found = find_groups(photos, tiers, t, order_of, progress)
     unit = None  # made when a near or similar group needs distances
     groups = []
-    for tier_name, rows in found:
-        keep_row = rows[0]
+    for tier_name, rows, rep in found:
         members = []
         for r in rows:
             if tier_name == "exact":
-                d, bits, sig = 0.0, 0, "keep" if r == keep_row else "digest"
+                d, bits, sig = 0.0, 0, "representative" if r == rep else "digest"
             else:
                 if unit is None:
                     unit = centred_unit(photos)
-                d = max(0.0, float(1.0 - unit[r] @ unit[keep_row]))
-                has = photos.has_hash[r] and photos.has_hash[keep_row]
-                bits = int(hamming(photos.hashes[r], photos.hashes[keep_row])) if has else -1
-                sig = "keep" if r == keep_row else _signal(tier_name, d, bits, t)
+                d = max(0.0, float(1.0 - unit[r] @ unit[rep]))
+                has = photos.has_hash[r] and photos.has_hash[rep]
+                bits = int(hamming(photos.hashes[r], photos.hashes[rep])) if has else -1
+                sig = "representative" if r == rep else _signal(tier_name, d, bits, t)
             members.append(Member(photos.paths[r], int(photos.ids[r]), d, bits, sig))
-        groups.append(Group(tier_name, photos.paths[keep_row], members))
+        groups.append(Group(tier_name, photos.paths[rows[0]], members, photos.paths[rep]))
     tier_rank = {name: i for i, name in enumerate(TIERS)}
     groups.sort(key=lambda g: (tier_rank[g.tier], g.keep))
     return Report(groups, tiers, keep, t, len(photos.ids))
@@ -445,12 +483,19 @@ def _signal(tier: str, d: float, bits: int, t: Thresholds) -> str:
     if tier == "similar":
         return "fc7"
     by_fc7, by_hash = d <= t.near_fc7, 0 <= bits <= t.near_hash
+    if not by_fc7 and not by_hash:
+        return "fc7+phash"  # both moderately close
     return "fc7+phash" if by_fc7 and by_hash else ("fc7" if by_fc7 else "phash")
 
 
-def photos_of(catalogue, dim: int) -> Photos:
-    """Every indexed (ok) photo of a catalogue with its signals."""
-    ok = catalogue.ok_files(dim)
+def photos_of(snapshot, space: str | None = None) -> Photos:
+    """Every indexed (ok) photo of a published snapshot with its signals; fc7 in `space`
+    (None: the index's default, whitened where it has learnt it)."""
+    from . import spaces
+
+    catalogue = snapshot.catalogue
+    space = snapshot.space(space)
+    ok = catalogue.ok_files(snapshot.manifest.dimension)
     rows = catalogue.rows()
     digests, sizes, mtimes = [], [], []
     for p in ok.paths:
@@ -459,13 +504,17 @@ def photos_of(catalogue, dim: int) -> Photos:
         sizes.append(r.size if r else 0)
         mtimes.append(r.mtime_ns if r else 0)
     hashes, has = hashes_of(ok.thumbs)
+    vectors = ok.vectors
+    if space == "whitened" and len(vectors):
+        vectors = spaces.apply(spaces.index_chain(snapshot.open_space()), vectors)
     return Photos(
         ok.ids,
         [os.fspath(p) for p in ok.paths],
-        ok.vectors,
+        vectors,
         hashes,
         has,
         digests,
         np.asarray(sizes, np.int64),
         np.asarray(mtimes, np.int64),
+        space,
     )
