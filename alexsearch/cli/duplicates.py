@@ -20,7 +20,13 @@ def duplicates(
         "framed...: the default, with exact), similar (another shot of the scene: all three).",
     ),
     threshold: float = typer.Option(
-        None, "--threshold", help="fc7 cosine distance of that tier [near 0.05, similar 0.15]."
+        None,
+        "--threshold",
+        help="fc7 cosine distance of that tier [whitened space: near 0.2, similar 0.6; "
+        "paper: 0.05, 0.3].",
+    ),
+    space: str = typer.Option(
+        None, "--space", help="fc7 space compared: whitened [the index's] or paper (raw fc7)."
     ),
     keep: str = typer.Option(
         "largest",
@@ -39,7 +45,7 @@ def duplicates(
 
     with api.open_index(index_dir) as ix:
         with RichProgress() as progress:
-            report = ix.duplicates(tier, threshold, keep, progress)
+            report = ix.duplicates(tier, threshold, keep, progress, space)
         if grid is not None and report.groups:
             from ..viz.duplicates import duplicate_grid
 

@@ -100,7 +100,7 @@ class Thresholds:
 
 DEFAULTS = {
     "whitened": Thresholds("whitened", 0.2, 8, 0.4, 26, 0.6),
-    "paper": Thresholds("paper", 0.1, 10, 0.4, 18, 0.5),
+    "paper": Thresholds("paper", 0.05, 10, 0.3, 18, 0.3),
 }
 
 
@@ -250,13 +250,15 @@ def fc7_candidates(unit: np.ndarray, k: int = K_NEIGHBOURS) -> tuple[np.ndarray,
         # PCA to 256 (randomized SVD on a sample: FAISS's own PCA decomposes the whole
         # 4096x4096 covariance), then an inverted file: a near duplicate lies in its
         # photo's own cell or a next one.
-        from sklearn.decomposition import PCA
-
         rng = np.random.default_rng(0)
-        sample = unit[rng.choice(n, min(n, 20_000), replace=False)]
-        dim = min(PCA_DIM, d, len(sample))
-        pca = PCA(dim, svd_solver="randomized", random_state=0).fit(sample)
-        low = unit_fc7(pca.transform(unit).astype(np.float32))
+        low, dim = unit, d
+        if d > PCA_DIM:  # raw fc7; the whitened space is 256-d already
+            from sklearn.decomposition import PCA
+
+            sample = unit[rng.choice(n, min(n, 20_000), replace=False)]
+            dim = min(PCA_DIM, len(sample))
+            pca = PCA(dim, svd_solver="randomized", random_state=0).fit(sample)
+            low = unit_fc7(pca.transform(unit).astype(np.float32))
         nlist = int(4 * np.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.train(low[rng.choice(n, min(n, 64 * nlist), replace=False)])
