@@ -124,6 +124,46 @@ def test_groups_do_not_chain():
     assert all(m.distance <= 0.05 for m in g.files)  # every member close to the representative
 
 
+def test_similar_tier_only_when_asked_and_after_near():
+    """A photo close to another (near) and a third a little further (similar): the
+    default shows only the near pair; --tier similar adds the third in its own tier."""
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(200, 64)).astype(np.float32)
+    u, w = np.eye(64, dtype=np.float32)[:2]
+    angles = np.radians([0, 8, 30])  # cosine distances 0.010 and 0.134 from the first
+    pts = np.stack([np.cos(a) * u + np.sin(a) * w for a in angles]) * 60
+    vec = np.concatenate([pts, base])
+    n = len(vec)
+    photos = dup.Photos(
+        np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
+        np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
+    )  # fmt: skip
+    default = dup.report(photos)
+    assert [(g.tier, [m.path for m in g.files]) for g in default.groups] == [
+        ("near", ["0.jpg", "1.jpg"])
+    ]
+    both = dup.report(photos, tier="similar", threshold=0.2)
+    assert [(g.tier, [m.path for m in g.files]) for g in both.groups] == [
+        ("near", ["0.jpg", "1.jpg"]),
+        ("similar", ["0.jpg", "2.jpg"]),
+    ]
+    [sim] = [g for g in both.groups if g.tier == "similar"]
+    assert sim.files[1].signal == "fc7" and 0.05 < sim.files[1].distance <= 0.2
+
+
+def test_a_file_changed_since_indexing_is_not_moved(tmp_path, init_ckpt):
+    files = make_library(tmp_path / "lib")
+    alexsearch.build_index(tmp_path / "lib", index=tmp_path / "ix", weights=init_ckpt,
+                           device="cpu", workers=0)  # fmt: skip
+    changed = files["resize"][0]
+    os.utime(changed, ns=(10**18, 10**18))
+    with alexsearch.open_index(tmp_path / "ix") as ix:
+        rec = ix.move_duplicates(ix.duplicates(), tmp_path / "aside")
+    left = {m.source: m.skipped for m in rec.moves if not m.done}
+    assert list(left) == [str(changed)] and "changed since it was indexed" in left[str(changed)]
+    assert changed.exists() and rec.moved == 3
+
+
 def test_move_to_keeps_relative_paths_records_refuses_overwrite(tmp_path, init_ckpt):
     files = make_library(tmp_path / "lib")
     alexsearch.build_index(tmp_path / "lib", index=tmp_path / "ix", weights=init_ckpt,
