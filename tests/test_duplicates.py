@@ -138,13 +138,18 @@ def test_similar_tier_only_when_asked_and_after_near():
         np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
         np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
     )  # fmt: skip
+    # two unrelated-looking vectors with the same pHash: near by pHash alone
+    photos.hashes[3:5] = 0b10110011
+    photos.has_hash[3:5] = True
     default = dup.report(photos)
     assert [(g.tier, [m.path for m in g.files]) for g in default.groups] == [
-        ("near", ["0.jpg", "1.jpg"])
+        ("near", ["0.jpg", "1.jpg"]),
+        ("near", ["3.jpg", "4.jpg"]),
     ]
     both = dup.report(photos, tier="similar", threshold=0.2)
     assert [(g.tier, [m.path for m in g.files]) for g in both.groups] == [
         ("near", ["0.jpg", "1.jpg"]),
+        ("near", ["3.jpg", "4.jpg"]),
         ("similar", ["0.jpg", "2.jpg"]),
     ]
     [sim] = [g for g in both.groups if g.tier == "similar"]

@@ -3,9 +3,9 @@
 Three tiers, each a photo's first:
 - exact: the same bytes (the content digest the catalogue holds);
 - near: the same photo resized, re-encoded, brightened, cropped a little, turned a
-  little, framed or watermarked: fc7 cosine distance OR a perceptual hash (imagehash's
+  little, framed or watermarked: fc7 cosine distance or a perceptual hash (imagehash's
   pHash, 64 bits, of the 32x32 thumbnail the index already stores, so nothing is
-  decoded again) within their thresholds;
+  decoded again) within its threshold, or both within looser ones (Thresholds);
 - similar (only when asked): a different shot of the same scene, a looser fc7 distance.
 
 Neighbours come from FAISS, never an N x N matrix: k-NN over the unit fc7 vectors (flat
@@ -16,7 +16,7 @@ Groups do not chain: photos are taken by how many others they are close to (most
 first, ties in keep order); each photo not yet grouped becomes the representative of a
 group of itself and every ungrouped photo within the tier's thresholds of it, so every
 member is close to the group's representative, never only to some other member. The
-keep rule then picks which member stays. The thresholds are the defaults bench/duplicates.py chose.
+keep rule then picks which member stays. The thresholds are bench/duplicates.py's picks.
 """
 
 from __future__ import annotations
@@ -328,9 +328,9 @@ def near_edge(p: Pairs, t: Thresholds) -> np.ndarray:
 
 
 def star_groups(n: int, a, b, order: np.ndarray, allowed: np.ndarray) -> list[list[int]]:
-    """Groups that do not chain: rows taken in `order` (the keep first); each row not
-    yet grouped, if `allowed`, gathers every ungrouped allowed row it has an edge to.
-    Returns [keep, member, ...] lists of at least two rows."""
+    """Groups that do not chain: rows taken in `order`; each row not yet grouped, if
+    `allowed`, gathers every ungrouped allowed row it has an edge to. Returns
+    [representative, member, ...] lists of at least two rows."""
     adj: dict[int, list[int]] = {}
     for x, y in zip(a.tolist(), b.tolist(), strict=True):
         if allowed[x] and allowed[y]:
@@ -401,8 +401,8 @@ def find_groups(
     edges = {"near": near_edge(pairs, thresholds)}
     if "similar" in tiers:
         edges["similar"] = pairs.fc7 <= thresholds.similar_fc7
-    loosest = edges["similar"] if "similar" in tiers else edges["near"]
-    involved = np.unique(np.concatenate([pairs.a[loosest], pairs.b[loosest]]))
+    used = edges["near"] | edges.get("similar", False)  # pHash-only pairs are near only
+    involved = np.unique(np.concatenate([pairs.a[used], pairs.b[used]]))
     order = order_of(involved) if len(involved) else involved
     taken = ~allowed
     for tier in ("near", "similar"):
