@@ -292,8 +292,9 @@ class Index:
     def move_duplicates(self, report, to: str | os.PathLike):
         """Move every file of `report` (from duplicates()) that is not its group's keep
         to folder `to`, keeping its path relative to its indexed folder; returns the
-        `MoveRecord` also written there as JSON. Refuses, before moving anything, a
-        target that exists; never deletes; a file changed since indexing stays."""
+        `MoveRecord` also written there as JSON (none when there is nothing to move).
+        Refuses, before moving anything, a target that exists; never deletes; a file
+        changed since indexing stays."""
         from .index import duplicate_moves
 
         with self._lock:
@@ -305,6 +306,8 @@ class Index:
         if dest.exists() and not dest.is_dir():
             raise UserError(f"--move-to {dest}: not a folder")
         moves = duplicate_moves.plan(report.groups, roots, dest, expected)
+        if not moves:  # nothing to move: no folder made, no record written
+            return duplicate_moves.MoveRecord("", [])
         return duplicate_moves.move_all(moves, dest)
 
     def load_network(self) -> None:

@@ -202,6 +202,9 @@ def test_move_to_keeps_relative_paths_records_refuses_overwrite(tmp_path, init_c
     assert summary.deleted == 4
     with alexsearch.open_index(tmp_path / "ix") as ix:
         assert ix.duplicates().groups == []
+    r = cli("duplicates", "--index", tmp_path / "ix", "--move-to", tmp_path / "again",
+            env=_env(init_ckpt))  # fmt: skip
+    assert "nothing to move" in r.stdout and not (tmp_path / "again").exists()
 
 
 def test_move_to_inside_the_indexed_folder_is_seen_as_moves(tmp_path, init_ckpt):

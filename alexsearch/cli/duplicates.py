@@ -55,7 +55,9 @@ def duplicates(
         print_json({**report.to_dict(), **({"moves": moved.to_dict()} if moved else {})})
         return
     print_groups(report)
-    if moved is not None:
+    if moved is not None and not moved.record:
+        out.print("nothing to move", highlight=False)
+    elif moved is not None:
         out.print(f"moved {moved.moved} files to {move_to}; record: {moved.record}",
                   highlight=False)  # fmt: skip
         for m in moved.moves:
