@@ -263,6 +263,53 @@ class Index:
         found = snap.search(vecs, k, None, space, expand)
         return [QueryResult("", hits, space=space, expand=expand) for hits in found]
 
+    def duplicates(
+        self,
+        tier: str | None = None,
+        threshold: float | None = None,
+        keep: str = "largest",
+        progress: Progress | None = None,
+        space: str | None = None,
+    ):
+        """Groups of duplicate photos (what `alexsearch duplicates --json` prints is its
+        `to_dict()`): a `Report` whose `groups` each have a `tier` (exact: same bytes;
+        near: the same photo resized, re-encoded, cropped, framed...; similar: another
+        shot of the scene), the `keep` path and `files` (every member, the keep first,
+        with its fc7 distance and pHash bits to the keep and the signal that put it
+        there). tier: the loosest tier shown ("exact", "near" the default, "similar").
+        threshold: the fc7 cosine distance of that tier (default: the benchmark's).
+        keep: largest (most pixels, then the oldest file), oldest, newest, smallest.
+        space: the fc7 space compared (None: the index's, whitened where it has one;
+        "paper": raw fc7 centred), each with its own default thresholds. From the
+        stored fc7 and thumbnails only: nothing is decoded."""
+        from .index import duplicates
+
+        with self._lock:
+            snap = self._current()
+            photos = duplicates.photos_of(snap, space)
+        return duplicates.report(photos, tier, threshold, keep, progress)
+
+    def move_duplicates(self, report, to: str | os.PathLike):
+        """Move every file of `report` (from duplicates()) that is not its group's keep
+        to folder `to`, keeping its path relative to its indexed folder; returns the
+        `MoveRecord` also written there as JSON (none when there is nothing to move).
+        Refuses, before moving anything, a target that exists; never deletes; a file
+        changed since indexing stays."""
+        from .index import duplicate_moves
+
+        with self._lock:
+            cat = self._current().catalogue
+            roots = cat.roots()
+            rows = cat.rows()
+        expected = {p: (r.size, r.mtime_ns) for p, r in rows.items()}
+        dest = Path(to)
+        if dest.exists() and not dest.is_dir():
+            raise UserError(f"--move-to {dest}: not a folder")
+        moves = duplicate_moves.plan(report.groups, roots, dest, expected)
+        if not moves:  # nothing to move: no folder made, no record written
+            return duplicate_moves.MoveRecord("", [])
+        return duplicate_moves.move_all(moves, dest)
+
     def load_network(self) -> None:
         """Load the network now (what the first query by image would do) and check it
         against the index: a server's start-up, so a mismatch is said before serving."""

@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import codes, index, serve, train, viz, weights
+from . import codes, duplicates, index, serve, train, viz, weights
 from .render import err
 
 
@@ -90,6 +90,7 @@ viz_app.command("tsne")(viz.viz_tsne)
 viz_app.command("curves")(viz.viz_curves)
 app.add_typer(viz_app, name="viz")
 
+app.command("duplicates")(duplicates.duplicates)
 app.command("info")(index.info)
 app.command("serve")(serve.serve)
 
