@@ -107,6 +107,30 @@ def build_codes(
     return codes.build(index, bits, epochs, seed, ae, wait, progress)
 
 
+def classify(
+    images: list[ImageLike] | ImageLike,
+    weights: str | os.PathLike | None = None,
+    ten_crop: bool = False,
+    device: str = "cpu",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    precision: str = "auto",
+):
+    """Each image's top-5 classes with their probabilities (what `alexsearch classify`
+    prints): a list of Classification (`.classes`: (name, probability), best first;
+    `.error` for an unreadable image; `.to_dict()` is what `classify --json` prints).
+    The centre crop by default, computed as indexing computes the classes it stores
+    (on the CPU without torch); ten_crop: the paper's average of the softmax over ten
+    crops, as `alexsearch eval`. Weights: `weights`, else $ALEXSEARCH_WEIGHTS, else the
+    fetched default."""
+    from .evaluate.predict import classify_images
+    from .weights import locations
+
+    if isinstance(images, (str, os.PathLike, bytes)):
+        images = [images]
+    path = locations.resolve(weights)
+    return classify_images(images, path, ten_crop, device, max_megapixels, precision)
+
+
 def open_index(
     index: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,

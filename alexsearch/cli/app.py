@@ -14,7 +14,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import codes, index, serve, train, viz, weights
+from . import classify, codes, index, serve, train, viz, weights
 from .render import err
 
 
@@ -66,6 +66,7 @@ app.add_typer(weights_app, name="weights")
 
 app.command("index")(index.index)
 app.command("query")(index.query)
+app.command("classify")(classify.classify)
 
 # `eval` is a group: `alexsearch eval --data DIR` (classification error, its callback) and
 # `alexsearch eval retrieval` (precision@k / mAP of an index).
