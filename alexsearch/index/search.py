@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CodesError, IndexError_
+from ..errors import CodesError, IndexError_, UserError
 from . import classnames, codes, spaces, vectors
 from .catalogue import Catalogue
 from .manifest import Manifest, not_published, read_manifest
@@ -206,7 +206,7 @@ class Snapshot:
         `min_prob`, most probable first; UserError listing the closest names when the
         word names no class."""
         if not 0.0 <= min_prob <= 1.0:
-            raise IndexError_(f"--min-prob {min_prob} must be between 0 and 1")
+            raise UserError(f"--min-prob {min_prob} must be between 0 and 1")
         vocab = self.vocabulary()
         wanted = classnames.matching(word, vocab)
         rows = self.catalogue.with_classes(wanted, min_prob)
