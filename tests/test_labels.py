@@ -231,6 +231,8 @@ def test_an_old_index_is_labelled_on_its_next_run_without_decoding(setup, built,
     db.commit()
     db.close()
     _make_old(old)
+    with alexsearch.open_index(old) as ix:
+        assert ix.info()["labels"].startswith("none yet")
     r = helpers.cli("query", "--index", old, "--label", "tabby", check=False)
     helpers.one_line_error(r, "no labels yet", "alexsearch index")
     # every photo's bytes replaced by garbage of the same size and mtime: a decode would fail
@@ -244,6 +246,8 @@ def test_an_old_index_is_labelled_on_its_next_run_without_decoding(setup, built,
     assert summary["labelled"] == 12 and summary["extracted"] == 0 and summary["failed"] == []
     assert summary["unchanged"] == 12 and summary["total_ok"] == 12 and not summary["labels_note"]
     _same_labels(_all_labels(old), _expected_all(old, weight, bias))
+    with alexsearch.open_index(old) as ix:
+        assert ix.info()["labels"] == "top-5 of 8 classes for 12 of 12 files"
     again = json.loads(helpers.cli("index", photos, "--index", old, "--json", env=env).stdout)
     assert again["labelled"] == 0
     printed = json.loads(helpers.cli("query", "--index", old, "--label", "tabby", "--json").stdout)
@@ -331,3 +335,26 @@ def test_a_checkpoint_without_names_says_class_n(setup, tmp_path):
         assert found.classes == ["class 5"] and len(found.hits) == 2
         with pytest.raises(UserError, match="between 0 and 1"):
             opened.query_label("class 5", min_prob=2)
+
+
+def test_the_server_answers_by_label(setup, built):
+    from starlette.testclient import TestClient
+
+    from alexsearch.serve.app import create_app
+
+    photos, planted, _, _ = setup
+    q = photos / "red_circles" / "000.jpg"
+    with alexsearch.open_index(built, weights=planted) as ix:
+        with TestClient(create_app(ix), base_url="http://127.0.0.1:8000") as c:
+            r = c.get("/api/label", params={"word": "tabby cat", "k": 4, "min_prob": 0.01})
+            assert r.status_code == 200
+            assert r.json() == ix.query_label("tabby cat", 4, 0.01).to_dict()
+            r = c.get("/api/label", params={"word": "tabbby"})
+            assert r.status_code == 400 and "closest: tabby" in r.json()["error"]
+            assert c.get("/api/label", params={"word": "cat", "min_prob": 7}).status_code == 400
+            file_id = _ids(built)[str(q)]
+            r = c.post("/api/query", json={"id": file_id, "k": 3, "label": "cat"})
+            assert r.status_code == 200
+            assert r.json() == ix.query(q, k=3, label="cat")[0].to_dict()
+            r = c.post("/api/query", files={"image": q.read_bytes()}, data={"label": "cat"})
+            assert r.status_code == 200 and all(h["label"] for h in r.json()["neighbours"])

@@ -4,8 +4,8 @@ fc8 is a linear layer on fc7 (the paper's last layer, then a softmax), so the cl
 of a photo follow from the vector the catalogue already holds: no photo is decoded
 again and the extraction forward is left as it is. An indexing run labels every ok file
 that has no labels yet: the photos it just extracted, and every photo of an index made
-before labels (its next `index` run). numpy only: ~8 MFLOP a photo for 1,000 classes,
-a fraction of a millisecond beside the forward's ~8 ms.
+before labels (its next `index` run). numpy only: 4 M multiply-adds a photo for 1,000
+classes, beside the forward's ~700 M.
 """
 
 from __future__ import annotations
@@ -54,10 +54,18 @@ class Classifier:
 
 def top_classes(probs: np.ndarray, k: int = TOP) -> tuple[np.ndarray, np.ndarray]:
     """The k most probable classes of each row of `probs` and their probabilities, best
-    first (ties: the lower class first, as torch's topk on the CPU)."""
+    first (equal probabilities in the same order for the same scores). A partial
+    selection, then a sort of the k: a full argsort of 1,000 classes took as long as fc8
+    itself."""
     k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(probs, order, axis=1)
+    if k < probs.shape[1]:
+        part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    else:
+        part = np.broadcast_to(np.arange(k), probs.shape).copy()
+    part.sort(axis=1)  # by class, so equal probabilities come lower class first
+    got = np.take_along_axis(probs, part, axis=1)
+    order = np.argsort(-got, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(got, order, axis=1)
 
 
 def _numpy(t) -> np.ndarray:
