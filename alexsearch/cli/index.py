@@ -98,11 +98,15 @@ def index(
         "time": f"{summary.seconds:.1f} s"
         + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
     }
+    if summary.labelled:
+        rows["labelled"] = f"{summary.labelled} files given their top-5 classes (from fc7)"
     out.print(kv_table("index", rows))
     if summary.failed:
         out.print(failures_table(summary.failed))
     for p, why in summary.skipped:
         err.print(f"skipped {p}: {why}", highlight=False)
+    if summary.labels_note:
+        err.print(summary.labels_note, highlight=False, soft_wrap=True)
 
 
 def query(
