@@ -163,7 +163,7 @@ def query(
         images = _load_vectors(vectors)
     elif not images and label is None:
         raise UserError("give query images (or --vectors FILE.npy, or --label WORD)")
-    if not images and vectors is None:
+    if vectors is None and not images:  # --label WORD alone
         with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
             found = ix.query_label(label, k or 20, min_prob)
         if as_json:
