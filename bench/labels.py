@@ -93,11 +93,14 @@ def main() -> None:
         [f"class {i}" for i in range(1000)],
     )
 
-    t = time.perf_counter()
-    ids, vecs = cat.vectors(4096)
-    vectors.build_faiss("flat", ids, vecs)
-    baseline = time.perf_counter() - t
-    del vecs
+    runs = []
+    for _ in range(2):  # the first read may come from the disk; the labelling's from memory
+        t = time.perf_counter()
+        ids, vecs = cat.vectors(4096)
+        vectors.build_faiss("flat", ids, vecs)
+        runs.append(time.perf_counter() - t)
+        del vecs
+    baseline = runs[-1]
 
     t = time.perf_counter()
     done = labels.fill(cat, 4096, lambda: clf)
@@ -117,7 +120,7 @@ def main() -> None:
     row = "{:<42}{:.2f} s, {:.3f} ms/photo"
     print(row.format("labelling (read fc7, fc8, top-5, store):", labelling, labelling * per))
     print(row.format("baseline: publish's read + flat build:", baseline, baseline * per))
-    print(f"baseline: the forward (fp32, batch 32):  {fwd:.3f} ms/photo")
+    print(f"baseline: the forward (eager fp32, batch 32): {fwd:.3f} ms/photo")
     print(f"labelling / forward: {labelling * per / fwd:.3f}")
     print(
         f"query --label's SQL for one class: median {statistics.median(times) * 1000:.2f} ms"
