@@ -260,3 +260,37 @@ def test_hnsw_kind_sits_behind_the_transform(tmp_path, init_ckpt):
     assert isinstance(pre, faiss.IndexPreTransform) and isinstance(inner, faiss.IndexHNSWFlat)
     with alexsearch.open_index(tmp_path / "ix") as ix:
         assert same_cluster_rate(ix.query(x, k=6), labels, 6) > 0.95
+
+
+@pytest.mark.parametrize("n", [300, 2600])  # exact Gram path, randomized SVD above GRAM_MAX
+def test_published_transform_matches_an_exact_svd(tmp_path, init_ckpt, n):
+    """The whitening `index` publishes projects on the collection's exact top principal
+    components, divides by sqrt(eigenvalue + shrinkage x mean) and L2-normalises:
+    compared with numpy's full SVD of the centred vectors (up to each axis's sign)."""
+    from alexsearch.index import spaces
+
+    rng = np.random.default_rng(3)
+    dim = 16
+    scales = np.geomspace(8, 0.5, 40)  # a decaying spectrum: the top 16 are well apart
+    x = (rng.normal(size=(n, 40)) * scales) @ np.linalg.qr(rng.normal(size=(DIM, 40)))[0].T
+    x = (x + rng.normal(0, 0.01, (n, DIM)) + 1).astype(np.float32)
+    m = plant(tmp_path / "ix", init_ckpt, x, [f"v{i}" for i in range(n)], space_dim=dim)
+    assert m.space.dimension == dim and m.space.sample == n
+    pca = spaces.read_transform(tmp_path / "ix", m.space.transform_file)
+    got = spaces.apply(spaces.chain(pca), x)
+
+    xc = x.astype(np.float64) - x.astype(np.float64).mean(0)
+    _, s, vt = np.linalg.svd(xc, full_matrices=False)
+    lam = s[:dim] ** 2 / (n - 1)
+    want = (xc @ vt[:dim].T) / np.sqrt(lam + spaces.SHRINK * lam.mean())
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    signs = np.sign((got * want).sum(0))
+    assert np.abs(got - want * signs).max() < 2e-3
+    got_lam = faiss_vector(pca.eigenvalues)
+    np.testing.assert_allclose(got_lam, lam, rtol=1e-3)
+
+
+def faiss_vector(v):
+    import faiss
+
+    return faiss.vector_to_array(v)
