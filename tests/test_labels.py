@@ -198,6 +198,9 @@ def test_a_word_that_names_no_class_gets_the_closest_names(setup, built, capsys)
         check=False,
     )  # fmt: skip
     helpers.one_line_error(r, "no class matches 'dgo'; closest:")
+    r = helpers.run_in_process(capsys, "query", "--index", built, "--label", "cat", "--binary",
+                               check=False)  # fmt: skip
+    helpers.one_line_error(r, "--label alone lists photos")
     with alexsearch.open_index(built) as ix:
         with pytest.raises(UserError, match="no class matches 'goldfsh'; closest: goldfish"):
             ix.query_label("goldfsh")

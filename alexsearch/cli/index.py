@@ -164,6 +164,8 @@ def query(
     elif not images and label is None:
         raise UserError("give query images (or --vectors FILE.npy, or --label WORD)")
     if vectors is None and not images:  # --label WORD alone
+        if binary or rerank or grid is not None:
+            raise UserError("--label alone lists photos: --binary, --rerank and --grid need images")
         with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
             found = ix.query_label(label, k or 20, min_prob)
         if as_json:
