@@ -15,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import codes, duplicates, index, serve, train, viz, weights
+from . import classify, codes, duplicates, index, serve, train, viz, weights
 from .render import err
 
 
@@ -67,6 +67,7 @@ app.add_typer(weights_app, name="weights")
 
 app.command("index")(index.index)
 app.command("query")(index.query)
+app.command("classify")(classify.classify)
 
 # `eval` is a group: `alexsearch eval --data DIR` (classification error, its callback) and
 # `alexsearch eval retrieval` (precision@k / mAP of an index).
