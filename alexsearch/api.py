@@ -52,6 +52,7 @@ def build_index(
     precision: str = "auto",
     space: str | None = None,
     space_dim: int | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -62,8 +63,10 @@ def build_index(
     "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere).
     space: "whitened" (learn the whitened search space at publish, the default) or
     "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
-    whitened dimension (default 256)."""
-    from .index import build
+    whitened dimension (default 256). shard: "I/N" or (I, N), only the photos whose
+    path relative to its root hashes to shard I of N (index/shards.py): an ordinary
+    index of that shard, which merge_indexes() unions with the others."""
+    from .index import build, shards
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -85,6 +88,27 @@ def build_index(
         precision=precision,
         space=space,
         space_dim=space_dim,
+        shard=shards.parse_shard(shard),
+    )
+
+
+def merge_indexes(
+    shards,
+    index: str | os.PathLike | None = None,
+    wait: bool = False,
+    max_memory: int | str | None = None,
+):
+    """One index at `index` from the shard indexes `shards` (what `alexsearch merge`
+    runs): catalogues unioned with new ids, vectors carried over, published atomically;
+    merging again after a shard changed updates only what changed. Shards built with
+    other weights, preprocessing, precision, kind or space, or holding the same path,
+    are refused. Returns the summary `merge --json` prints."""
+    from .index import merge
+
+    if isinstance(shards, (str, os.PathLike)):
+        shards = [shards]
+    return merge.merge(
+        [Path(s) for s in shards], manifest.resolve_dir(index), wait, parse_bytes(max_memory)
     )
 
 

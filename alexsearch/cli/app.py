@@ -65,6 +65,7 @@ weights_app.command("fetch")(weights.weights_fetch)
 app.add_typer(weights_app, name="weights")
 
 app.command("index")(index.index)
+app.command("merge")(index.merge)
 app.command("query")(index.query)
 
 # `eval` is a group: `alexsearch eval --data DIR` (classification error, its callback) and

@@ -53,6 +53,9 @@ def index(
         None, "--space", help="whitened (learn it, the default) or paper (raw fc7 only)."
     ),
     space_dim: int = typer.Option(None, "--space-dim", help="Whitened dimensions [256]."),
+    shard: str = typer.Option(
+        None, "--shard", help="I/N: only shard I of N of the photos (by path; merge them)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Index photos: extract fc7 of every image into an index (incremental)."""
@@ -77,12 +80,13 @@ def index(
             precision=precision,
             space=space,
             space_dim=space_dim,
+            shard=shard,
         )
     if as_json:
         print_json(asdict(summary))
         return
     rows = {
-        "index": summary.index_dir,
+        "index": summary.index_dir + (f" (shard {summary.shard})" if summary.shard else ""),
         "added": summary.added,
         "updated": summary.updated,
         "moved": summary.moved,
@@ -102,6 +106,37 @@ def index(
         out.print(failures_table(summary.failed))
     for p, why in summary.skipped:
         err.print(f"skipped {p}: {why}", highlight=False)
+
+
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Shard indexes (index --shard I/N)."),
+    index_dir: Path = typer.Option(None, "--index", help="The merged index [indexes/default]."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Merge shard indexes into one (vectors carried over, never recomputed)."""
+    from .. import api
+
+    summary = api.merge_indexes(shards, index_dir, wait, max_memory)
+    if as_json:
+        print_json(asdict(summary))
+        return
+    rows = {
+        "index": summary.index_dir,
+        "shards": ", ".join(summary.shards),
+        "added": summary.added,
+        "updated": summary.updated,
+        "deleted": summary.deleted,
+        "unchanged": summary.unchanged,
+        "in index": f"{summary.total_ok} ok, {summary.total_failed} failed",
+        "kind": summary.kind,
+        "precision": summary.precision,
+        "space": summary.space,
+        "weights": f"{summary.weights} ({summary.fingerprint})",
+        "time": f"{summary.seconds:.1f} s",
+    }
+    out.print(kv_table("merge", rows))
 
 
 def query(
