@@ -19,10 +19,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "build_index": "api",
     "build_codes": "api",
+    "merge_indexes": "api",
     "open_index": "api",
+    "open_indexes": "api",
     "Index": "api",
     "IndexSummary": "index.build",
     "CodesSummary": "index.codes",
+    "MergeSummary": "index.merge",
     "QueryResult": "index.search",
     "Hit": "index.search",
     "Progress": "progress",
