@@ -177,3 +177,61 @@ def test_merge_refuses_other_weights_preprocessing_precision_kind_and_overlaps(
     one_line_error(r, "named twice")
     r = run_in_process(capsys, "index", few, "--index", out, "--shard", "2/2", check=False)
     one_line_error(r, "--shard 2/2")
+
+
+def test_query_over_several_indexes_answers_as_their_merge(built, init_ckpt, tmp_path, capsys):
+    merged = tmp_path / "merged"
+    alexsearch.merge_indexes([built["s0"], built["s1"]], merged)
+    photos = built["photos"]
+    qs = [photos / "red_circles" / "000.jpg", photos / "blue_squares" / "001.jpg"]
+
+    def query(*indexes, extra=()):
+        args = [a for ix in indexes for a in ("--index", ix)]
+        r = run_in_process(capsys, "query", *qs, *args, "--k", "7", "--json", *extra)
+        return json.loads(r.stdout)
+
+    over = query(built["s0"], built["s1"])
+    one = query(merged)
+    for a, b in zip(over, one, strict=True):
+        assert a["query"] == b["query"] and a["space"] == "paper"
+        assert [h["path"] for h in a["neighbours"]] == [h["path"] for h in b["neighbours"]]
+        assert a["query"] not in [h["path"] for h in a["neighbours"]]  # itself left out
+        np.testing.assert_allclose(
+            [h["distance"] for h in a["neighbours"]],
+            [h["distance"] for h in b["neighbours"]],
+            rtol=1e-4,
+        )
+        assert [h["rank"] for h in a["neighbours"]] == list(range(1, 8))
+        # each hit names the index it came from, where its id is valid
+        for h in a["neighbours"]:
+            assert h["path"] in by_path(
+                built["s0"] if h["index"] == str(built["s0"]) else built["s1"]
+            )
+    # with itself kept, each query is its own nearest, from the shard that holds it
+    me = query(built["s0"], built["s1"], extra=("--include-self",))
+    assert [r["neighbours"][0]["path"] for r in me] == [str(q) for q in qs]
+    # vectors too, answered alike
+    with alexsearch.open_indexes([built["s0"], built["s1"]]) as ix:
+        vec = by_path(built["all"])[str(qs[0])]
+        got = ix.query(vec[None], k=7)[0].hits
+    assert [h.path for h in got][1:] == [h["path"] for h in one[0]["neighbours"]][:6]
+
+    # refused: other weights, whitened spaces not learnt alike, binary codes
+    few = tmp_path / "few"
+    make(few, per_class=1, seed=3)
+    from alexsearch.weights import checkpoint
+
+    other_w = tmp_path / "other.ckpt"
+    checkpoint.save(checkpoint.init_checkpoint(10, seed=2), other_w)
+    build(few, tmp_path / "w", other_w)
+    r = run_in_process(capsys, "query", qs[0], "--index", built["s0"], "--index", tmp_path / "w",
+                       check=False)  # fmt: skip
+    one_line_error(r, "not comparable", "weights")
+    for extra, what in (
+        (("--space", "whitened"), "no whitened space"),
+        (("--binary",), "merge the indexes"),
+        (("--expand", "2"), "merge the indexes"),
+    ):
+        r = run_in_process(capsys, "query", qs[0], "--index", built["s0"], "--index",
+                           built["s1"], *extra, check=False)  # fmt: skip
+        one_line_error(r, what)

@@ -142,7 +142,9 @@ def merge(
 def query(
     images: list[Path] = typer.Argument(None, help="Query images (inside the index or not)."),
     k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
-    index_dir: Path = typer.Option(None, "--index", help=INDEX_HELP),
+    index_dirs: list[Path] = typer.Option(
+        None, "--index", help=INDEX_HELP + " Repeat it to answer over several (paper space)."
+    ),
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
@@ -179,7 +181,12 @@ def query(
         images = _load_vectors(vectors)
     elif not images:
         raise UserError("give query images (or --vectors FILE.npy)")
-    with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
+    if index_dirs and len(index_dirs) > 1:
+        opened = api.open_indexes(index_dirs, weights_path, device, max_megapixels, precision)
+    else:
+        index_dir = index_dirs[0] if index_dirs else None
+        opened = api.open_index(index_dir, weights_path, device, max_megapixels, precision)
+    with opened as ix:
         results = ix.query(images, k, binary, rerank, include_self, space, expand)
     if grid is not None and any(not r.error for r in results):
         save_grid(results, grid)

@@ -25,10 +25,12 @@ class Hit:
     distance: float  # L2 in the search space (raw fc7 or whitened), or Hamming bits (int)
     path: str
     id: int  # the catalogue id
+    index: str = ""  # the index it came from, in an answer over several (index/multi.py)
 
     def to_dict(self) -> dict:
         d = self.distance if isinstance(self.distance, int) else round(self.distance, 6)
-        return {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
+        out = {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
+        return {**out, "index": self.index} if self.index else out
 
 
 @dataclass
