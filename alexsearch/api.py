@@ -65,15 +65,24 @@ def build_index(
     "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
     whitened dimension (default 256). shard: "I/N" or (I, N), only the photos whose
     path relative to its root hashes to shard I of N (index/shards.py): an ordinary
-    index of that shard, which merge_indexes() unions with the others."""
-    from .index import build, shards
+    index of that shard, which merge_indexes() unions with the others.
+
+    Under torchrun (RANK, WORLD_SIZE set) each process indexes shard RANK/WORLD_SIZE
+    under `index`/shards and rank 0 merges them into `index` (index/distributed.py):
+    rank 0 returns the summary, the other ranks None."""
+    from .index import build, distributed, shards
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return build.run(
+    run = build.run
+    if distributed.under_torchrun():
+        if shard is not None:
+            raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
+        run = distributed.build
+    return run(
         [Path(p) for p in paths],
         manifest.resolve_dir(index),
-        weights,
+        weights=weights,
         device=device,
         kind=kind,
         max_memory=parse_bytes(max_memory),
@@ -88,7 +97,7 @@ def build_index(
         precision=precision,
         space=space,
         space_dim=space_dim,
-        shard=shards.parse_shard(shard),
+        **({} if run is not build.run else {"shard": shards.parse_shard(shard)}),
     )
 
 

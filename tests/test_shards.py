@@ -2,12 +2,19 @@
 (issue 17): the pieces equal one index built at once."""
 
 import json
+import os
 import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_in_process
+from helpers import SAFETY_TIMEOUT, one_line_error, run_in_process
 from make_shapes import make
 
 import alexsearch
@@ -235,3 +242,59 @@ def test_query_over_several_indexes_answers_as_their_merge(built, init_ckpt, tmp
         r = run_in_process(capsys, "query", qs[0], "--index", built["s0"], "--index",
                            built["s1"], *extra, check=False)  # fmt: skip
         one_line_error(r, what)
+
+
+def torchrun(*args, env):
+    """`torchrun --standalone --nproc_per_node=2 -m alexsearch ARGS`, started."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "alexsearch", *map(str, args)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+
+
+def committed(index) -> int:
+    p = index / "catalogue.sqlite"
+    if not p.exists():
+        return 0
+    try:
+        cat = Catalogue(p, readonly=True)
+    except Exception:
+        return 0
+    try:
+        return sum(cat.count())
+    except sqlite3.Error:
+        return 0
+    finally:
+        cat.close()
+
+
+def test_torchrun_two_gloo_ranks_index_like_one_process_and_resume_after_kill_9(
+    built, init_ckpt, tmp_path, capsys
+):
+    root = str(Path(alexsearch.__file__).resolve().parents[1])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALEXSEARCH_WEIGHTS": str(init_ckpt),
+           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    out = tmp_path / "out"
+    args = ("index", built["photos"], "--index", out, "--device", "cpu", "--json",
+            "--batch-size", "1", "--commit-every", "1")  # fmt: skip
+    # kill -9 rank 1 once it has committed its first photo (its shard's lock names it)
+    p = torchrun(*args, env=env)
+    rank1 = out / "shards" / "rank-1-of-2"
+    while p.poll() is None and committed(rank1) < 1:
+        time.sleep(0.02)
+    assert p.poll() is None, "rank 1 finished before it could be killed"
+    os.kill(int((rank1 / ".lock").read_text().strip()), signal.SIGKILL)
+    p.communicate(timeout=SAFETY_TIMEOUT)
+    assert p.returncode != 0 and not (out / "manifest.json").exists()
+    done = committed(rank1) + committed(out / "shards" / "rank-0-of-2")
+    assert 1 <= committed(rank1) < len(by_path(built["s1"]))
+
+    p = torchrun(*args, env=env)
+    stdout, stderr = p.communicate(timeout=SAFETY_TIMEOUT)
+    assert p.returncode == 0, stderr[-3000:]
+    summary = json.loads(stdout)  # only rank 0 prints
+    assert summary["extracted"] == 18 - done  # nothing committed is extracted again
+    assert summary["total_ok"] == 18
+    same_vectors(by_path(out), by_path(built["all"]))
+    qs = [str(built["photos"] / "red_circles" / "000.jpg"), sorted(by_path(out))[7]]
+    same_answers(answers(out, qs), answers(built["all"], qs))

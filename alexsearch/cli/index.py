@@ -82,6 +82,8 @@ def index(
             space_dim=space_dim,
             shard=shard,
         )
+    if summary is None:  # another rank under torchrun: rank 0 speaks for all
+        return
     if as_json:
         print_json(asdict(summary))
         return
