@@ -240,3 +240,92 @@ def _overlap(db, src: Catalogue, j: int) -> tuple[str, int]:
         if row is not None:
             return path, row[0]
     raise AssertionError("no overlapping path")  # the insert that failed had one
+
+
+# --------------------------------------------------------------------------- FAISS indexes
+
+
+def trained_signature(index) -> str:
+    """SHA-1 of an index emptied of its vectors: what it was trained to (PCA, coarse
+    centroids, codebooks). Indexes with equal signatures share one training and can be
+    merged without training again."""
+    import hashlib
+
+    import faiss
+
+    empty = faiss.clone_index(index)
+    empty.reset()
+    return hashlib.sha1(faiss.serialize_index(empty).tobytes()).hexdigest()
+
+
+def _id_map(index):
+    """The IndexIDMap2 of one of vectors.build_faiss's indexes (maybe inside a transform)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise IndexError_(f"cannot merge a {type(index).__name__}: not an alexsearch index")
+    return index
+
+
+def renumber(index, old_ids, new_ids) -> None:
+    """Give the vectors of `index` new ids: old_ids[k] becomes new_ids[k] (in place)."""
+    import faiss
+    import numpy as np
+
+    idmap = _id_map(index)
+    have = faiss.vector_to_array(idmap.id_map)
+    order = np.argsort(old_ids)
+    at = np.searchsorted(np.asarray(old_ids)[order], have)
+    faiss.copy_array_to_vector(np.asarray(new_ids, np.int64)[order][at], idmap.id_map)
+    idmap.construct_rev_map()
+
+
+def merge_faiss(parts):
+    """One index from shards' indexes trained alike (vectors.build_faiss with the same
+    `trained`), their codes carried over as they are, not encoded again: FAISS
+    merge_from (what faiss.contrib's merge_into calls), inverted list by inverted list
+    for the IVF kinds. parts: [(index, old_ids, new_ids)], each renumbered to the merged
+    catalogue's ids first. Shards trained apart are refused: their codes would mean
+    other things."""
+    import faiss
+
+    if not parts:
+        raise UserError("nothing to merge")
+    signatures = {trained_signature(p[0]) for p in parts}
+    if len(signatures) > 1:
+        raise IndexError_(
+            "the shards' indexes were trained apart (other centroids or codebooks): "
+            "train once and build every shard from it"
+        )
+    out = faiss.clone_index(parts[0][0])
+    renumber(out, parts[0][1], parts[0][2])
+    for index, old, new in parts[1:]:
+        part = faiss.clone_index(index)
+        renumber(part, old, new)
+        _append(out, part)
+    return out
+
+
+def _append(out, part) -> None:
+    """Move `part`'s vectors into `out`. IndexIDMap2.merge_from would merge the inner
+    IVFs without offsetting their sequential ids, so the inverted lists are merged here
+    with the offset (IndexIVF.merge_from's add_id) and the id maps concatenated."""
+    import faiss
+    import numpy as np
+
+    om, pm = _id_map(out), _id_map(part)
+    n0 = om.ntotal
+    try:
+        ivf_o, ivf_p = faiss.extract_index_ivf(om.index), faiss.extract_index_ivf(pm.index)
+    except RuntimeError:  # flat, hnsw: no inverted lists; adding again costs the same
+        raise IndexError_("only IVF indexes merge without rebuilding") from None
+    ivf_o.merge_from(ivf_p, n0)
+    ids = np.concatenate([faiss.vector_to_array(om.id_map), faiss.vector_to_array(pm.id_map)])
+    faiss.copy_array_to_vector(ids.astype(np.int64), om.id_map)
+    total = ivf_o.ntotal
+    for level in (faiss.downcast_index(out), om, faiss.downcast_index(om.index)):
+        level.ntotal = total
+    om.construct_rev_map()
