@@ -184,6 +184,20 @@ def test_merge_refuses_other_weights_preprocessing_precision_kind_and_overlaps(
     one_line_error(r, "named twice")
     r = run_in_process(capsys, "index", few, "--index", out, "--shard", "2/2", check=False)
     one_line_error(r, "--shard 2/2")
+    # a shard's index is not re-indexed as another shard or as the whole (it would drop
+    # the other shards' photos), nor a merge as an ordinary index
+    for index, shard, what in (
+        (built["s0"], (), "holds shard 0/2"),
+        (built["s0"], ("--shard", "1/2"), "holds shard 0/2"),
+        (built["all"], ("--shard", "0/2"), "holds all its photos"),
+    ):
+        r = run_in_process(capsys, "index", built["photos"], "--index", index, *shard,
+                           check=False)  # fmt: skip
+        one_line_error(r, what)
+    merged = tmp_path / "merged"
+    alexsearch.merge_indexes([built["s0"], built["s1"]], merged)
+    r = run_in_process(capsys, "index", built["photos"], "--index", merged, check=False)
+    one_line_error(r, "is a merge of 2 shard indexes")
 
 
 def test_query_over_several_indexes_answers_as_their_merge(built, init_ckpt, tmp_path, capsys):

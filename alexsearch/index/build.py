@@ -132,6 +132,8 @@ def run(
     )
     with write_lock(index_dir, wait=wait):
         manifest = read_manifest(index_dir)
+        if manifest is not None and (manifest.shard != summary.shard or manifest.merged_from):
+            raise UserError(shards.other_shard(index_dir, manifest, summary.shard))
         cat = Catalogue(index_dir / "catalogue.sqlite")
         try:
             work = plan(cat, roots, files, problems)
@@ -158,8 +160,6 @@ def run(
             if manifest is not None and kind != manifest.kind_requested:
                 changed = True
             if manifest is not None and _space_changed(manifest, space, space_dim):
-                changed = True
-            if manifest is not None and manifest.shard != summary.shard:
                 changed = True
             if changed:
                 if manifest is None:

@@ -70,3 +70,20 @@ def select(files: list[tuple[str, int, int]], roots: list[Path], shard: tuple[in
 
 def describe(shard: tuple[int, int] | None) -> str:
     return "" if shard is None else f"{shard[0]}/{shard[1]}"
+
+
+def other_shard(index_dir, manifest, asked: str) -> str:
+    """Why an index of one shard (or of all photos, or a merge) is not indexed as
+    another: the files of the other shards would be dropped from it."""
+    if manifest.merged_from:
+        return (
+            f"{index_dir} is a merge of {len(manifest.merged_from)} shard indexes: index "
+            "the shards and merge them again, or index into another --index"
+        )
+    held = manifest.shard
+    have = f"shard {held}" if held else "all its photos, not a shard"
+    want = f"--shard {asked}" if asked else "every photo (no --shard)"
+    return (
+        f"{index_dir} holds {have}; indexing it with {want} would drop the others: "
+        f"use {'--shard ' + held if held else 'no --shard'} or another --index"
+    )
