@@ -52,6 +52,7 @@ def build_index(
     precision: str = "auto",
     space: str | None = None,
     space_dim: int | None = None,
+    shard: str | tuple[int, int] | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -62,15 +63,26 @@ def build_index(
     "bf16", or "auto" (bf16 on a GPU or a CPU with native bf16, fp32 elsewhere).
     space: "whitened" (learn the whitened search space at publish, the default) or
     "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
-    whitened dimension (default 256)."""
-    from .index import build
+    whitened dimension (default 256). shard: "I/N" or (I, N), only the photos whose
+    path relative to its root hashes to shard I of N (index/shards.py): an ordinary
+    index of that shard, which merge_indexes() unions with the others.
+
+    Under torchrun (RANK, WORLD_SIZE set) each process indexes shard RANK/WORLD_SIZE
+    under `index`/shards and rank 0 merges them into `index` (index/distributed.py):
+    rank 0 returns the summary, the other ranks None."""
+    from .index import build, distributed, shards
 
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    return build.run(
+    run = build.run
+    if distributed.under_torchrun():
+        if shard is not None:
+            raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
+        run = distributed.build
+    return run(
         [Path(p) for p in paths],
         manifest.resolve_dir(index),
-        weights,
+        weights=weights,
         device=device,
         kind=kind,
         max_memory=parse_bytes(max_memory),
@@ -85,6 +97,27 @@ def build_index(
         precision=precision,
         space=space,
         space_dim=space_dim,
+        **({} if run is not build.run else {"shard": shards.parse_shard(shard)}),
+    )
+
+
+def merge_indexes(
+    shards,
+    index: str | os.PathLike | None = None,
+    wait: bool = False,
+    max_memory: int | str | None = None,
+):
+    """One index at `index` from the shard indexes `shards` (what `alexsearch merge`
+    runs): catalogues unioned with new ids, vectors carried over, published atomically;
+    merging again after a shard changed updates only what changed. Shards built with
+    other weights, preprocessing, precision, kind or space, or holding the same path,
+    are refused. Returns the summary `merge --json` prints."""
+    from .index import merge
+
+    if isinstance(shards, (str, os.PathLike)):
+        shards = [shards]
+    return merge.merge(
+        [Path(s) for s in shards], manifest.resolve_dir(index), wait, parse_bytes(max_memory)
     )
 
 
@@ -142,6 +175,133 @@ def open_index(
     at `index` (default indexes/default). precision: what a query's fc7 is computed in;
     "auto" is fp32 on the CPU (no torch) and bf16 on a GPU; any agrees with any index."""
     return Index(index, weights, device, max_megapixels, precision)
+
+
+def open_indexes(
+    indexes,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    precision: str = "auto",
+) -> MultiIndex:
+    """Several indexes queried as one, without merging them (`query --index A --index
+    B`): each answers its k nearest, combined by distance. They must share weights and
+    preprocessing; they answer in the paper space (see index/multi.py for why)."""
+    return MultiIndex(list(indexes), weights, device, max_megapixels, precision)
+
+
+class MultiIndex:
+    """Several indexes opened for reading and queried together (index/multi.py)."""
+
+    def __init__(
+        self, indexes, weights=None, device="cpu", max_megapixels=DEFAULT_MAX_MEGAPIXELS,
+        precision="auto",
+    ):  # fmt: skip
+        from .index import multi
+
+        if not indexes:
+            raise UserError("give at least one --index")
+        real = [os.path.realpath(manifest.resolve_dir(d)) for d in indexes]
+        if len(set(real)) != len(real):
+            raise UserError("an index is named twice")
+        self.parts = []
+        try:
+            for d in indexes:
+                self.parts.append(Index(d, weights, device, max_megapixels, precision))
+            dirs = [p.dir for p in self.parts]
+            multi.check_comparable(dirs, [p._current().manifest for p in self.parts])
+        except BaseException:
+            self.close()
+            raise
+
+    def query(
+        self,
+        images: list[ImageLike] | ImageLike,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int | None = None,
+        include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
+    ) -> list[QueryResult]:
+        """Index.query() over every index: the k nearest of them all, each hit naming
+        its index (`Hit.index`; ids are per index). An image inside one of them is left
+        out of its own results unless `include_self`. Paper space unless whitened is
+        asked and every index holds the same transform; no binary codes or expansion."""
+        from .index import multi
+
+        if isinstance(images, (str, os.PathLike, bytes)):
+            images = [images]
+        _check_k(k, rerank)
+        multi.check_options(binary, rerank, expand)
+        with self._locked() as snaps:
+            dirs = [p.dir for p in self.parts]
+            space = multi.common_space(dirs, [s.manifest for s in snaps], space)
+        if isinstance(images, np.ndarray):
+            vecs = np.asarray(images, np.float32)
+            results = [QueryResult("") for _ in range(len(np.atleast_2d(vecs)))]
+            searched, vecs = results, list(np.atleast_2d(vecs))
+            dim = self.parts[0]._current().manifest.dimension
+            if vecs and len(vecs[0]) != dim:
+                raise UserError(f"query vectors of {len(vecs[0])}: expected rows of {dim}")
+        else:
+            first = self.parts[0]
+            with first._lock:
+                embedder = first._embedder_for(first._current())
+            results, searched, vecs = [], [], []
+            for img in images:
+                if isinstance(img, bytes):
+                    res, source = QueryResult(query=""), io.BytesIO(img)
+                else:
+                    res = QueryResult(query=os.path.abspath(img))
+                    source = res.query
+                results.append(res)
+                try:
+                    vecs.append(embedder.embed(source))
+                except ImageError as e:
+                    res.error = str(e)
+                    continue
+                searched.append(res)
+        if searched:
+            per_index = []
+            with self._locked() as snaps:
+                for snap in snaps:
+                    exclude = [
+                        None if include_self or not r.query else snap.catalogue.id_of(r.query)
+                        for r in searched
+                    ]
+                    per_index.append(snap.search(np.stack(vecs), k, exclude, space, 0))
+            labels = [str(p.dir) for p in self.parts]
+            for i, res in enumerate(searched):
+                res.hits = multi.combine([found[i] for found in per_index], labels, k)
+        for res in results:
+            res.space, res.expand = space, 0
+        return results
+
+    def _locked(self):
+        """Every part's current snapshot, each under its lock, as a context manager."""
+        from contextlib import ExitStack, contextmanager
+
+        @contextmanager
+        def hold():
+            with ExitStack() as stack:
+                snaps = []
+                for p in self.parts:
+                    stack.enter_context(p._lock)
+                    snaps.append(p._current())
+                yield snaps
+
+        return hold()
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+    def __enter__(self) -> MultiIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class Index:

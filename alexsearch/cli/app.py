@@ -66,6 +66,7 @@ weights_app.command("fetch")(weights.weights_fetch)
 app.add_typer(weights_app, name="weights")
 
 app.command("index")(index.index)
+app.command("merge")(index.merge)
 app.command("query")(index.query)
 app.command("classify")(classify.classify)
 

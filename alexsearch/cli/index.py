@@ -54,6 +54,9 @@ def index(
         None, "--space", help="whitened (learn it, the default) or paper (raw fc7 only)."
     ),
     space_dim: int = typer.Option(None, "--space-dim", help="Whitened dimensions [256]."),
+    shard: str = typer.Option(
+        None, "--shard", help="I/N: only shard I of N of the photos (by path; merge them)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Index photos: extract fc7 of every image into an index (incremental)."""
@@ -78,12 +81,15 @@ def index(
             precision=precision,
             space=space,
             space_dim=space_dim,
+            shard=shard,
         )
+    if summary is None:  # another rank under torchrun: rank 0 speaks for all
+        return
     if as_json:
         print_json(asdict(summary))
         return
     rows = {
-        "index": summary.index_dir,
+        "index": summary.index_dir + (f" (shard {summary.shard})" if summary.shard else ""),
         "added": summary.added,
         "updated": summary.updated,
         "moved": summary.moved,
@@ -109,12 +115,45 @@ def index(
         err.print(summary.labels_note, highlight=False, soft_wrap=True)
 
 
+def merge(
+    shards: list[Path] = typer.Argument(..., help="Shard indexes (index --shard I/N)."),
+    index_dir: Path = typer.Option(None, "--index", help="The merged index [indexes/default]."),
+    max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
+) -> None:
+    """Merge shard indexes into one (vectors carried over, never recomputed)."""
+    from .. import api
+
+    summary = api.merge_indexes(shards, index_dir, wait, max_memory)
+    if as_json:
+        print_json(asdict(summary))
+        return
+    rows = {
+        "index": summary.index_dir,
+        "shards": ", ".join(summary.shards),
+        "added": summary.added,
+        "updated": summary.updated,
+        "deleted": summary.deleted,
+        "unchanged": summary.unchanged,
+        "in index": f"{summary.total_ok} ok, {summary.total_failed} failed",
+        "kind": summary.kind,
+        "precision": summary.precision,
+        "space": summary.space,
+        "weights": f"{summary.weights} ({summary.fingerprint})",
+        "time": f"{summary.seconds:.1f} s",
+    }
+    out.print(kv_table("merge", rows))
+
+
 def query(
     images: list[Path] = typer.Argument(None, help="Query images (inside the index or not)."),
     k: int = typer.Option(
         None, "--k", min=1, help="Neighbours per query [6]; photos for --label alone [20]."
     ),
-    index_dir: Path = typer.Option(None, "--index", help=INDEX_HELP),
+    index_dirs: list[Path] = typer.Option(
+        None, "--index", help=INDEX_HELP + " Repeat it to answer over several (paper space)."
+    ),
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     include_self: bool = typer.Option(False, "--include-self", help="Keep the query itself."),
@@ -163,6 +202,10 @@ def query(
         images = _load_vectors(vectors)
     elif not images and label is None:
         raise UserError("give query images (or --vectors FILE.npy, or --label WORD)")
+    several = bool(index_dirs) and len(index_dirs) > 1
+    if several and label is not None:
+        raise UserError("--label answers over one index: merge the indexes first")
+    index_dir = index_dirs[0] if index_dirs else None
     if vectors is None and not images:  # --label WORD alone
         if binary or rerank or grid is not None:
             raise UserError("--label alone lists photos: --binary, --rerank and --grid need images")
@@ -173,10 +216,15 @@ def query(
         else:
             print_label_result(found, paths_only)
         return
-    with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
-        results = ix.query(
-            images, k or 6, binary, rerank, include_self, space, expand, label, min_prob
-        )
+    if several:
+        opened = api.open_indexes(index_dirs, weights_path, device, max_megapixels, precision)
+        with opened as ix:
+            results = ix.query(images, k or 6, binary, rerank, include_self, space, expand)
+    else:
+        with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
+            results = ix.query(
+                images, k or 6, binary, rerank, include_self, space, expand, label, min_prob
+            )
     if grid is not None and any(not r.error for r in results):
         save_grid(results, grid)
     if as_json:

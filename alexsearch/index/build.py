@@ -19,7 +19,7 @@ from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
 from ..net.precision import combined, resolve_precision
 from ..progress import Progress
-from . import BATCH, codes, labels, spaces, vectors
+from . import BATCH, codes, labels, shards, spaces, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
@@ -63,6 +63,7 @@ class IndexSummary:
     space: str = ""  # the search spaces it answers in (info's `space`)
     labelled: int = 0  # files given their top-5 classes this run (from their stored fc7)
     labels_note: str = ""  # why some files have no labels, when they could not be computed
+    shard: str = ""  # "I/N" when the run indexed one shard of the photos (--shard)
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -101,6 +102,7 @@ def run(
     precision: str = "auto",  # fp32, or bf16 where the machine runs it natively
     space: str | None = None,  # whitened (learn it) or paper; None: as before, else whitened
     space_dim: int | None = None,  # the whitened dimension (spaces.DEFAULT_DIM)
+    shard: tuple[int, int] | None = None,  # (I, N): only the files of shard I of N
 ) -> IndexSummary:
     """`alexsearch index`: bring the index at `index_dir` up to date with `roots`."""
     from ..weights.locations import WEIGHTS_ENV
@@ -112,9 +114,13 @@ def run(
     spaces.check_space(space, space_dim)
     summary = IndexSummary(index_dir=str(index_dir))
     files, problems = walk(roots, exclude, hidden)  # bad paths fail before anything is made
+    walked = bool(files)  # a shard may be empty: it is then an empty index
+    if shard is not None:
+        files = shards.select(files, roots, shard)
+    summary.shard = shards.describe(shard)
     manifest = read_manifest(index_dir) if index_dir.is_dir() else None
     recorded = manifest.model.weights if manifest else None
-    if not files and not (index_dir / "catalogue.sqlite").exists():
+    if not walked and not (index_dir / "catalogue.sqlite").exists():
         raise UserError(_no_images(roots, problems, hidden))
     network = None
     if manifest is None:
@@ -128,10 +134,12 @@ def run(
     )
     with write_lock(index_dir, wait=wait):
         manifest = read_manifest(index_dir)
+        if manifest is not None and (manifest.shard != summary.shard or manifest.merged_from):
+            raise UserError(shards.other_shard(index_dir, manifest, summary.shard))
         cat = Catalogue(index_dir / "catalogue.sqlite")
         try:
             work = plan(cat, roots, files, problems)
-            if not files and not work.gone:
+            if not walked and not work.gone:
                 raise UserError(_no_images(roots, problems, hidden))
             summary.unchanged = work.unchanged
             cat.add_roots([str(r) for r in roots])  # where the server may read files from
@@ -169,6 +177,7 @@ def run(
                     manifest = replace(
                         manifest, precision=combined(manifest.precision, network.precision)
                     )
+                manifest = replace(manifest, shard=summary.shard)
                 manifest = publish(index_dir, cat, manifest, kind, max_memory, space, space_dim)
             summary.total_ok, summary.total_failed = cat.count()
         finally:

@@ -149,6 +149,8 @@ class Manifest:
     space_requested: str = ""  # "" in indexes made before search spaces: they answer in paper
     space_dim: int = 0  # the whitened dimension asked for
     space_note: str = ""  # why a whitened space was asked for but the index answers in paper
+    shard: str = ""  # "I/N": the index holds shard I of N of its photos (index --shard)
+    merged_from: list = field(default_factory=list)  # the shard indexes `merge` unioned
 
     def default_space(self) -> str:
         """The space a query answers in when it names none."""

@@ -27,13 +27,14 @@ class Hit:
     id: int  # the catalogue id
     label: str = ""  # with --label: the matching class among the photo's top-5
     prob: float | None = None  # and its probability
+    index: str = ""  # the index it came from, in an answer over several (index/multi.py)
 
     def to_dict(self) -> dict:
         d = self.distance if isinstance(self.distance, int) else round(self.distance, 6)
         out = {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
         if self.label:
             out.update(label=self.label, prob=round(self.prob, 6))
-        return out
+        return {**out, "index": self.index} if self.index else out
 
 
 @dataclass

@@ -31,16 +31,35 @@ def choose_kind(kind: str, n: int, dim: int, max_memory: int | None) -> str:
     return "ivfsq" if n * 256 * 1.2 <= budget else "ivfpq"
 
 
-def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray, transforms=None):
+def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray, transforms=None, trained=None):
     """A FAISS index of `kind` over vecs with the given ids (IDMap2 keeps id -> vector).
 
     transforms: trained FAISS VectorTransforms (a search space's, spaces.py); the index
     of `kind` is then built over their output and wrapped in an IndexPreTransform that
     applies them to every vector added and every query. The IVF kinds reduce to 256
-    dimensions with their own PCA only when no transform does already."""
+    dimensions with their own PCA only when no transform does already. trained: an
+    empty trained index (train_faiss) to add to instead: shards of one collection share
+    it, so their indexes merge without training again (merge.merge_faiss)."""
     import faiss
 
-    n, dim = vecs.shape
+    n = len(vecs)
+    index = (
+        faiss.clone_index(trained)
+        if trained is not None
+        else train_faiss(kind, n, vecs, transforms)
+    )
+    if n:
+        index.add_with_ids(np.ascontiguousarray(vecs), ids)
+    return index
+
+
+def train_faiss(kind: str, n: int, sample: np.ndarray, transforms=None, pq: int = 32):
+    """An empty index of `kind` for a collection of `n` vectors, trained on `sample`
+    (the IVF kinds' PCA, coarse quantizer and codebooks; nothing to train otherwise).
+    pq: ivfpq's bytes a vector (a divisor of the dimension it codes)."""
+    import faiss
+
+    dim = sample.shape[1]
     out_dim = transforms[-1].d_out if transforms else dim
     if kind == "flat":
         inner = faiss.IndexFlatL2(out_dim)
@@ -49,12 +68,12 @@ def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray, transforms=None):
         inner.hnsw.efSearch = 64
     elif kind in ("ivfpq", "ivfsq"):
         nlist = int(max(1, min(4096, 4 * np.sqrt(max(n, 1)))))
-        if n < 39 * nlist or n < 256:
+        if len(sample) < 39 * nlist or len(sample) < 256:
             raise IndexError_(
-                f"--kind {kind} needs more vectors to train on than {n}; use --kind flat "
-                "(exact) or --kind auto for a collection this small"
+                f"--kind {kind} needs more vectors to train on than {len(sample)}; use --kind "
+                "flat (exact) or --kind auto for a collection this small"
             )
-        code = "PQ32" if kind == "ivfpq" else "SQ8"
+        code = f"PQ{pq}" if kind == "ivfpq" else "SQ8"
         pca = "" if transforms else f"PCA{min(256, dim)},"
         inner = faiss.index_factory(out_dim, f"{pca}IVF{nlist},{code}")
     else:
@@ -66,12 +85,13 @@ def build_faiss(kind: str, ids: np.ndarray, vecs: np.ndarray, transforms=None):
             index.prepend_transform(t)
     if kind in ("ivfpq", "ivfsq"):
         # A sample trains PCA and k-means as well as every vector, at a fraction of the cost.
+        m = len(sample)
         cap = max(50_000, 64 * nlist)
-        train = vecs[np.random.default_rng(0).choice(n, cap, replace=False)] if n > cap else vecs
-        index.train(np.ascontiguousarray(train))
+        train = (
+            sample[np.random.default_rng(0).choice(m, cap, replace=False)] if m > cap else sample
+        )
+        index.train(np.ascontiguousarray(train, np.float32))
         faiss.extract_index_ivf(inner).nprobe = min(nlist, 16)
-    if n:
-        index.add_with_ids(np.ascontiguousarray(vecs), ids)
     return index
 
 

@@ -1,0 +1,331 @@
+"""`alexsearch merge SHARD... --index OUT`: one index from several.
+
+The shards' catalogues are unioned into OUT's (new ids; each row's fc7 vector, digest,
+thumbnail and failure reason are copied as they are, never recomputed), then OUT is
+published like any index (build.publish: the FAISS snapshot, search space and binary
+codes of the union, atomically, under OUT's lock). The catalogue update is one SQLite
+transaction: a merge killed before its commit leaves OUT as it was, one killed after
+it is finished by running it again.
+
+Incremental: a row whose shard copy is unchanged (same path, size, mtime and indexing
+time) is not rewritten, so merging again after one shard was updated rewrites only what
+changed there, keeps the ids of the rest, and drops what no shard holds any more: the
+same paths and vectors as indexing every photo at once.
+
+Refused, in one line: shards built with other weights, preprocessing, precision, kind
+or search space than the first; two shards holding the same path; an OUT that is an
+ordinary index (its own photos would be replaced) or was built with other weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from ..errors import IndexError_, UserError
+from .catalogue import Catalogue
+from .lock import write_lock
+from .manifest import Manifest, open_existing, read_manifest
+
+COLUMNS = "path, size, mtime_ns, digest, status, reason, vector, thumb, indexed_at"
+
+
+@dataclass
+class MergeSummary:
+    """What a merge did; its fields are the keys `alexsearch merge --json` prints."""
+
+    index_dir: str
+    shards: list[str] = field(default_factory=list)
+    added: int = 0  # paths OUT did not hold before
+    updated: int = 0  # rows a shard changed since the last merge
+    deleted: int = 0  # paths no shard holds any more
+    unchanged: int = 0
+    total_ok: int = 0
+    total_failed: int = 0
+    kind: str = ""
+    fingerprint: str = ""
+    weights: str = ""
+    precision: str = ""
+    space: str = ""
+    seconds: float = 0.0
+
+
+def check_compatible(ref: Manifest, ref_dir: Path, m: Manifest, d: Path) -> None:
+    """Refuse an index whose vectors would not be comparable with `ref`'s, or that was
+    built to another kind or search space: one line naming both and what differs."""
+    what = None
+    if m.model.fingerprint != ref.model.fingerprint:
+        what = f"weights ({m.model.fingerprint} vs {ref.model.fingerprint})"
+    elif m.dimension != ref.dimension or m.model.layer != ref.model.layer:
+        what = f"layer ({m.model.layer} {m.dimension}-d vs {ref.model.layer} {ref.dimension}-d)"
+    elif (m.preprocess.signature or None) != (ref.preprocess.signature or None):
+        what = f"preprocessing ({m.preprocess.geometry} vs {ref.preprocess.geometry})"
+    elif m.precision != ref.precision:
+        what = f"precision ({m.precision} vs {ref.precision})"
+    elif m.kind_requested != ref.kind_requested:
+        what = f"kind ({m.kind_requested} vs {ref.kind_requested})"
+    elif (m.space_requested, m.space_dim) != (ref.space_requested, ref.space_dim):
+        what = (
+            f"search space ({m.space_requested or 'none'} {m.space_dim or ''} vs "
+            f"{ref.space_requested or 'none'} {ref.space_dim or ''})"
+        )
+    if what:
+        raise IndexError_(
+            f"cannot merge {d} with {ref_dir}: they were built with other {what}; "
+            "index every shard with the same settings"
+        )
+
+
+def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> MergeSummary:
+    """Merge the published indexes `shard_dirs` into the index at `out_dir`."""
+    from .build import publish
+
+    t0 = time.perf_counter()
+    dirs = [Path(d) for d in shard_dirs]
+    if not dirs:
+        raise UserError("give the shard indexes to merge")
+    real = [os.path.realpath(d) for d in dirs]
+    if len(set(real)) != len(real):
+        raise UserError("a shard is named twice")
+    if os.path.realpath(out_dir) in real:
+        raise UserError(f"--index {out_dir} is one of the shards: merge into another folder")
+    manifests = [open_existing(d)[1] for d in dirs]
+    ref, ref_dir = manifests[0], dirs[0]
+    for d, m in zip(dirs[1:], manifests[1:], strict=True):
+        check_compatible(ref, ref_dir, m, d)
+    summary = MergeSummary(index_dir=str(out_dir), shards=[str(d) for d in dirs])
+    with ExitStack() as stack:
+        stack.enter_context(write_lock(out_dir, wait=wait))
+        for d in dirs:  # no shard changes while it is read
+            stack.enter_context(write_lock(d, wait=wait))
+        manifests = [open_existing(d)[1] for d in dirs]  # as published now, under the locks
+        for d, m in zip(dirs, manifests, strict=True):
+            check_compatible(ref, ref_dir, m, d)
+        out = read_manifest(out_dir)
+        if out is None and (out_dir / "catalogue.sqlite").exists():
+            if not _is_empty(out_dir / "catalogue.sqlite"):
+                raise IndexError_(
+                    f"{out_dir} holds an unfinished index of its own; merge into another folder"
+                )
+        if out is not None:
+            if not out.merged_from:
+                raise IndexError_(
+                    f"{out_dir} is an index of its own photos, not a merge (merging would "
+                    "replace them); merge into another folder"
+                )
+            check_compatible(ref, ref_dir, out, out_dir)
+        _union(out_dir / "catalogue.sqlite", dirs, summary)
+        if out is None:
+            out = Manifest(
+                model=ref.model,
+                dimension=ref.dimension,
+                preprocess=ref.preprocess,
+                created=time.time(),
+                precision=ref.precision,
+                kind_requested=ref.kind_requested,
+                space_requested=ref.space_requested,
+                space_dim=ref.space_dim,
+            )
+        out = replace(out, merged_from=[os.path.abspath(d) for d in dirs], shard="")
+        cat = Catalogue(out_dir / "catalogue.sqlite")
+        try:
+            out = publish(
+                out_dir, cat, out, ref.kind_requested, max_memory,
+                ref.space_requested or None, ref.space_dim or None,
+            )  # fmt: skip
+            summary.total_ok, summary.total_failed = cat.count()
+        finally:
+            cat.close()
+    summary.kind = out.kind
+    summary.fingerprint = out.model.fingerprint
+    summary.weights = out.model.weights
+    summary.precision = out.precision
+    summary.space = out.describe_space()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _is_empty(path: Path) -> bool:
+    cat = Catalogue(path, readonly=True)
+    try:
+        return cat.count() == (0, 0)
+    finally:
+        cat.close()
+
+
+def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
+    """OUT's catalogue := the union of the shards' (one transaction; see the module)."""
+    Catalogue(out_path).close()  # the schema, WAL mode
+    db = sqlite3.connect(out_path, timeout=30, isolation_level=None)
+    try:
+        db.execute("PRAGMA temp_store=FILE")  # the paths of a large collection
+        db.execute("CREATE TEMP TABLE seen (path TEXT PRIMARY KEY, shard INTEGER NOT NULL)")
+        db.execute("BEGIN IMMEDIATE")
+        roots = set(_roots(db))
+        for j, d in enumerate(dirs):
+            src = Catalogue(d / "catalogue.sqlite", readonly=True)
+            try:
+                roots |= set(src.roots())
+                try:
+                    db.executemany(
+                        "INSERT INTO temp.seen (path, shard) VALUES (?, ?)",
+                        ((p, j) for (p,) in src.db.execute("SELECT path FROM files")),
+                    )
+                except sqlite3.IntegrityError:
+                    path, other = _overlap(db, src, j)
+                    raise IndexError_(
+                        f"cannot merge {d} with {dirs[other]}: both hold {path}; "
+                        "shards must hold disjoint photos (index each with its own --shard I/N)"
+                    ) from None
+            finally:
+                src.close()
+        seen = db.execute("SELECT COUNT(*) FROM temp.seen").fetchone()[0]
+        before = db.execute(
+            "SELECT COUNT(*) FROM files WHERE path IN (SELECT path FROM temp.seen)"
+        ).fetchone()[0]
+        changes = db.total_changes
+        for d in dirs:
+            src = Catalogue(d / "catalogue.sqlite", readonly=True)
+            try:
+                db.executemany(
+                    f"INSERT INTO files ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                    "ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
+                    "mtime_ns=excluded.mtime_ns, digest=excluded.digest, status=excluded.status,"
+                    " reason=excluded.reason, vector=excluded.vector, thumb=excluded.thumb, "
+                    "indexed_at=excluded.indexed_at WHERE files.indexed_at != excluded.indexed_at"
+                    " OR files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
+                    "OR files.status != excluded.status",
+                    src.db.execute(f"SELECT {COLUMNS} FROM files ORDER BY id"),
+                )
+            finally:
+                src.close()
+        written = db.total_changes - changes
+        summary.added = seen - before
+        summary.updated = written - summary.added
+        summary.unchanged = seen - written
+        cur = db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM temp.seen)")
+        summary.deleted = cur.rowcount
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('roots', ?) ON CONFLICT(key) DO UPDATE"
+            " SET value=excluded.value",
+            (json.dumps(sorted(roots)),),
+        )
+        db.execute("COMMIT")
+    except sqlite3.OperationalError as e:
+        raise IndexError_(f"cannot write {out_path} ({e}); it is unchanged") from None
+    finally:
+        db.close()  # an open transaction is rolled back
+
+
+def _roots(db) -> list[str]:
+    row = db.execute("SELECT value FROM meta WHERE key='roots'").fetchone()
+    try:
+        return [str(r) for r in json.loads(row[0])] if row else []
+    except (ValueError, TypeError):
+        return []
+
+
+def _overlap(db, src: Catalogue, j: int) -> tuple[str, int]:
+    """(a path of shard `j` that an earlier shard holds, that shard) (the rows of `j`
+    inserted before the failing one are in temp.seen too)."""
+    for (path,) in src.db.execute("SELECT path FROM files"):
+        row = db.execute(
+            "SELECT shard FROM temp.seen WHERE path=? AND shard!=?", (path, j)
+        ).fetchone()
+        if row is not None:
+            return path, row[0]
+    raise AssertionError("no overlapping path")  # the insert that failed had one
+
+
+# --------------------------------------------------------------------------- FAISS indexes
+
+
+def trained_signature(index) -> str:
+    """SHA-1 of an index emptied of its vectors: what it was trained to (PCA, coarse
+    centroids, codebooks). Indexes with equal signatures share one training and can be
+    merged without training again."""
+    import hashlib
+
+    import faiss
+
+    empty = faiss.clone_index(index)
+    empty.reset()
+    return hashlib.sha1(faiss.serialize_index(empty).tobytes()).hexdigest()
+
+
+def _id_map(index):
+    """The IndexIDMap2 of one of vectors.build_faiss's indexes (maybe inside a transform)."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if not isinstance(index, faiss.IndexIDMap2):
+        raise IndexError_(f"cannot merge a {type(index).__name__}: not an alexsearch index")
+    return index
+
+
+def renumber(index, old_ids, new_ids) -> None:
+    """Give the vectors of `index` new ids: old_ids[k] becomes new_ids[k] (in place)."""
+    import faiss
+    import numpy as np
+
+    idmap = _id_map(index)
+    have = faiss.vector_to_array(idmap.id_map)
+    order = np.argsort(old_ids)
+    at = np.searchsorted(np.asarray(old_ids)[order], have)
+    faiss.copy_array_to_vector(np.asarray(new_ids, np.int64)[order][at], idmap.id_map)
+    idmap.construct_rev_map()
+
+
+def merge_faiss(parts):
+    """One index from shards' indexes trained alike (vectors.build_faiss with the same
+    `trained`), their codes carried over as they are, not encoded again: FAISS
+    merge_from (what faiss.contrib's merge_into calls), inverted list by inverted list
+    for the IVF kinds. parts: [(index, old_ids, new_ids)], each renumbered to the merged
+    catalogue's ids first. Shards trained apart are refused: their codes would mean
+    other things."""
+    import faiss
+
+    if not parts:
+        raise UserError("nothing to merge")
+    signatures = {trained_signature(p[0]) for p in parts}
+    if len(signatures) > 1:
+        raise IndexError_(
+            "the shards' indexes were trained apart (other centroids or codebooks): "
+            "train once and build every shard from it"
+        )
+    out = faiss.clone_index(parts[0][0])
+    renumber(out, parts[0][1], parts[0][2])
+    for index, old, new in parts[1:]:
+        part = faiss.clone_index(index)
+        renumber(part, old, new)
+        _append(out, part)
+    return out
+
+
+def _append(out, part) -> None:
+    """Move `part`'s vectors into `out`. IndexIDMap2.merge_from would merge the inner
+    IVFs without offsetting their sequential ids, so the inverted lists are merged here
+    with the offset (IndexIVF.merge_from's add_id) and the id maps concatenated."""
+    import faiss
+    import numpy as np
+
+    om, pm = _id_map(out), _id_map(part)
+    n0 = om.ntotal
+    try:
+        ivf_o, ivf_p = faiss.extract_index_ivf(om.index), faiss.extract_index_ivf(pm.index)
+    except RuntimeError:  # flat, hnsw: no inverted lists; adding again costs the same
+        raise IndexError_("only IVF indexes merge without rebuilding") from None
+    ivf_o.merge_from(ivf_p, n0)
+    ids = np.concatenate([faiss.vector_to_array(om.id_map), faiss.vector_to_array(pm.id_map)])
+    faiss.copy_array_to_vector(ids.astype(np.int64), om.id_map)
+    total = ivf_o.ntotal
+    for level in (faiss.downcast_index(out), om, faiss.downcast_index(om.index)):
+        level.ntotal = total
+    om.construct_rev_map()
