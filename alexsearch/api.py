@@ -27,7 +27,7 @@ from .images.decode import ImageError
 from .images.files import DEFAULT_MAX_MEGAPIXELS
 from .index import BATCH, info, manifest
 from .index.build import IndexSummary
-from .index.search import QueryResult, Snapshot
+from .index.search import LabelHit, LabelResult, QueryResult, Snapshot
 from .progress import Progress
 
 ImageLike = str | os.PathLike | bytes  # a file, or the bytes of one
@@ -107,6 +107,30 @@ def build_codes(
     return codes.build(index, bits, epochs, seed, ae, wait, progress)
 
 
+def classify(
+    images: list[ImageLike] | ImageLike,
+    weights: str | os.PathLike | None = None,
+    ten_crop: bool = False,
+    device: str = "cpu",
+    max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+    precision: str = "auto",
+):
+    """Each image's top-5 classes with their probabilities (what `alexsearch classify`
+    prints): a list of Classification (`.classes`: (name, probability), best first;
+    `.error` for an unreadable image; `.to_dict()` is what `classify --json` prints).
+    The centre crop by default, computed as indexing computes the classes it stores
+    (on the CPU without torch); ten_crop: the paper's average of the softmax over ten
+    crops, as `alexsearch eval`. Weights: `weights`, else $ALEXSEARCH_WEIGHTS, else the
+    fetched default."""
+    from .evaluate.predict import classify_images
+    from .weights import locations
+
+    if isinstance(images, (str, os.PathLike, bytes)):
+        images = [images]
+    path = locations.resolve(weights)
+    return classify_images(images, path, ten_crop, device, max_megapixels, precision)
+
+
 def open_index(
     index: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
@@ -164,6 +188,8 @@ class Index:
         include_self: bool = False,
         space: str | None = None,
         expand: int | None = None,
+        label: str | None = None,
+        min_prob: float = 0.0,
     ) -> list[QueryResult]:
         """The k nearest indexed photos of each image, nearest first: one QueryResult per
         image (its `to_dict()` is what `query --json` prints). An image that cannot be
@@ -177,17 +203,21 @@ class Index:
         expansion with the first N neighbours; None: spaces.DEFAULT_EXPAND in the
         whitened space, 0 in paper. Each result says which space and expansion answered.
         binary: Hamming k-NN over the binary codes (`alexsearch codes`); rerank=N: a
-        Hamming shortlist of N re-ranked by exact fc7 distance."""
+        Hamming shortlist of N re-ranked by exact fc7 distance.
+        label: only photos whose top-5 classes match this word (see query_label), with
+        at least `min_prob`, searched exactly among them (no expansion); each hit then
+        says its matching class and probability."""
         if isinstance(images, (str, os.PathLike, bytes)):
             images = [images]
         rerank = _check_k(k, rerank)
         with self._lock:
             snap = self._current()
-            space, expand = _space_for(snap, space, expand, binary, rerank)
+            space, expand = _space_for(snap, space, expand, binary, rerank, label)
+            match = _label_match(snap, label, min_prob)
             if isinstance(images, np.ndarray):
                 if binary or rerank:
                     raise UserError("query vectors are searched as fc7, not as binary codes")
-                return self._query_vectors(snap, images, k, space, expand)
+                return self._query_vectors(snap, images, k, space, expand, match)
             embedder = self._embedder_for(snap)
         results, vecs, searched = [], [], []
         for img in images:  # outside the lock: other threads' queries go on meanwhile
@@ -209,7 +239,7 @@ class Index:
                 None if include_self or not r.query else snap.catalogue.id_of(r.query)
                 for r in searched
             ]
-            self._search(snap, searched, vecs, exclude, k, binary, rerank, space, expand)
+            self._search(snap, searched, vecs, exclude, k, binary, rerank, space, expand, match)
         for res in results:
             res.space, res.expand = space, expand
         if embedder.precision != snap.manifest.precision:  # allowed: the vectors agree
@@ -227,6 +257,8 @@ class Index:
         include_self: bool = False,
         space: str | None = None,
         expand: int | None = None,
+        label: str | None = None,
+        min_prob: float = 0.0,
     ) -> list[QueryResult]:
         """query() for photos already in the index, by catalogue id: their stored fc7
         (no network, no decoding). Each result is what query() gives for that file's
@@ -237,7 +269,8 @@ class Index:
         rerank = _check_k(k, rerank)
         with self._lock:
             snap = self._current()
-            space, expand = _space_for(snap, space, expand, binary, rerank)
+            space, expand = _space_for(snap, space, expand, binary, rerank, label)
+            match = _label_match(snap, label, min_prob)
             results, vecs = [], []
             for i in file_ids:
                 path, vec = snap.catalogue.ok_path(int(i)), snap.catalogue.vector_of(int(i))
@@ -246,12 +279,45 @@ class Index:
                 results.append(QueryResult(query=path))
                 vecs.append(vec)
             exclude = [None if include_self else int(i) for i in file_ids]
-            self._search(snap, results, vecs, exclude, k, binary, rerank, space, expand)
+            self._search(snap, results, vecs, exclude, k, binary, rerank, space, expand, match)
         for res in results:
             res.space, res.expand = space, expand
         return results
 
-    def _query_vectors(self, snap: Snapshot, vecs, k, space, expand) -> list[QueryResult]:
+    def query_label(self, word: str, k: int = 20, min_prob: float = 0.0) -> LabelResult:
+        """The indexed photos whose top-5 classes (computed at index time from fc7 and the
+        weights' fc8) hold a class `word` names, most probable first, at most k, each with
+        at least `min_prob` (what `query --label WORD --json` prints via to_dict()).
+        `word` matches a class's names and synonyms ("tabby" or "tabby cat"), the last
+        word(s) of one ("cat": "tabby cat", "tiger cat"), or an ImageNet synset id when
+        the names carry them; no WordNet hierarchy (index/classnames.py says why). A
+        word that names no class raises UserError listing the closest names."""
+        _check_k(k, None)
+        with self._lock:
+            snap = self._current()
+            match = snap.match_label(word, min_prob)
+            ids = list(match.photos)[:k]
+            paths = snap.catalogue.paths(ids)
+        hits = [
+            LabelHit(r + 1, match.photos[i][1], match.photos[i][0], paths[i], i)
+            for r, i in enumerate(i for i in ids if i in paths)
+        ]
+        return LabelResult(word, match.classes, hits, match.unlabelled)
+
+    def labels(self, file_id: int) -> list[dict]:
+        """An indexed photo's top-5 classes, most probable first: [{"label", "prob"}]
+        ([] for a photo indexed before labels, until the next `index` run)."""
+        with self._lock:
+            snap = self._current()
+            if snap.catalogue.ok_path(int(file_id)) is None:
+                raise NotFoundError(f"{self.dir}: no indexed file with id {file_id}")
+            top = snap.catalogue.labels_of(int(file_id))
+            vocab = snap.vocabulary() if top else []
+        return [{"label": vocab[c].name, "prob": p} for c, p in top]
+
+    def _query_vectors(
+        self, snap: Snapshot, vecs, k, space, expand, match=None
+    ) -> list[QueryResult]:
         vecs = np.asarray(vecs, np.float32)
         if vecs.ndim == 1:
             vecs = vecs[None]
@@ -260,8 +326,58 @@ class Index:
                 f"query vectors of shape {vecs.shape}: expected rows of "
                 f"{snap.manifest.dimension} (the index's fc7)"
             )
-        found = snap.search(vecs, k, None, space, expand)
+        if match is not None:
+            found = snap.search_among(vecs, k, match, None, space)
+        else:
+            found = snap.search(vecs, k, None, space, expand)
         return [QueryResult("", hits, space=space, expand=expand) for hits in found]
+
+    def duplicates(
+        self,
+        tier: str | None = None,
+        threshold: float | None = None,
+        keep: str = "largest",
+        progress: Progress | None = None,
+        space: str | None = None,
+    ):
+        """Groups of duplicate photos (what `alexsearch duplicates --json` prints is its
+        `to_dict()`): a `Report` whose `groups` each have a `tier` (exact: same bytes;
+        near: the same photo resized, re-encoded, cropped, framed...; similar: another
+        shot of the scene), the `keep` path and `files` (every member, the keep first,
+        with its fc7 distance and pHash bits to the keep and the signal that put it
+        there). tier: the loosest tier shown ("exact", "near" the default, "similar").
+        threshold: the fc7 cosine distance of that tier (default: the benchmark's).
+        keep: largest (most pixels, then the oldest file), oldest, newest, smallest.
+        space: the fc7 space compared (None: the index's, whitened where it has one;
+        "paper": raw fc7 centred), each with its own default thresholds. From the
+        stored fc7 and thumbnails only: nothing is decoded."""
+        from .index import duplicates
+
+        with self._lock:
+            snap = self._current()
+            photos = duplicates.photos_of(snap, space)
+        return duplicates.report(photos, tier, threshold, keep, progress)
+
+    def move_duplicates(self, report, to: str | os.PathLike):
+        """Move every file of `report` (from duplicates()) that is not its group's keep
+        to folder `to`, keeping its path relative to its indexed folder; returns the
+        `MoveRecord` also written there as JSON (none when there is nothing to move).
+        Refuses, before moving anything, a target that exists; never deletes; a file
+        changed since indexing stays."""
+        from .index import duplicate_moves
+
+        with self._lock:
+            cat = self._current().catalogue
+            roots = cat.roots()
+            rows = cat.rows()
+        expected = {p: (r.size, r.mtime_ns) for p, r in rows.items()}
+        dest = Path(to)
+        if dest.exists() and not dest.is_dir():
+            raise UserError(f"--move-to {dest}: not a folder")
+        moves = duplicate_moves.plan(report.groups, roots, dest, expected)
+        if not moves:  # nothing to move: no folder made, no record written
+            return duplicate_moves.MoveRecord("", [])
+        return duplicate_moves.move_all(moves, dest)
 
     def load_network(self) -> None:
         """Load the network now (what the first query by image would do) and check it
@@ -389,11 +505,16 @@ class Index:
                 self._check(self._embedder)
         return self._snapshot
 
-    def _search(self, snap, results, vecs, exclude, k, binary, rerank, space, expand) -> None:
-        """Fill each result's hits: the k nearest of its vector (under the lock)."""
+    def _search(
+        self, snap, results, vecs, exclude, k, binary, rerank, space, expand, match=None
+    ) -> None:
+        """Fill each result's hits: the k nearest of its vector (under the lock), among
+        the photos of a label's `match` when given."""
         if not vecs:
             return
-        if binary or rerank:
+        if match is not None:
+            found = snap.search_among(np.stack(vecs), k, match, exclude, space)
+        elif binary or rerank:
             found = snap.search_codes(np.stack(vecs), k, exclude, rerank)
         else:
             found = snap.search(np.stack(vecs), k, exclude, space, expand)
@@ -431,20 +552,34 @@ class Index:
         return row
 
 
-def _space_for(snap: Snapshot, space, expand, binary, rerank) -> tuple[str, int]:
+def _space_for(snap: Snapshot, space, expand, binary, rerank, label=None) -> tuple[str, int]:
     """The space and expansion a query answers in (opening the codes a Hamming search
     needs, before the network: no codes -> said at once)."""
     from .index import spaces
 
     if expand is not None and expand < 0:
         raise UserError("--expand must be 0 or more")
+    if label is not None and (binary or rerank):
+        raise UserError("--label searches fc7 exactly: not with --binary or --rerank")
+    if label is not None and expand:
+        raise UserError("--label searches exactly among the label's photos: no --expand")
     if binary or rerank:
         snap.open_codes()
         return ("hamming" if not rerank else "paper"), 0
     space = snap.space(space)
+    if label is not None:
+        return space, 0
     if expand is None:
         expand = spaces.DEFAULT_EXPAND if space == "whitened" else 0
     return space, expand
+
+
+def _label_match(snap: Snapshot, label, min_prob):
+    """The photos a query's --label restricts it to (None: no label), said before the
+    network loads: a word naming no class, or an index without labels, fails at once."""
+    if label is None:
+        return None
+    return snap.match_label(label, min_prob)
 
 
 def _check_k(k, rerank) -> int:

@@ -14,12 +14,15 @@ the other (`--repeats` times, interleaved, medians reported):
 then img/s, the ratio to the peer, and the steady end-to-end rate over the forward-only
 rate. Photo sets: (a) the 1,000 ImageNet photos of ../shared/data; (b) phone photos
 made from them: 200 upscaled to 4032x3024, JPEG quality 90 with an EXIF orientation
-tag, and 50 of those as HEIC. Then a re-index with nothing changed. Between the two,
+tag, and 50 of those as HEIC; (b') its 200 JPEGs alone (HEIC has no reduced-size
+decode, so its 50 files weigh more than the 200 JPEGs). Then a re-index with nothing
+changed. Between the two,
 "choices": the measurements behind the defaults (batch size, the allocator setting,
 and decoding serially, on one thread, on a thread per core or in worker processes).
 
     python bench/index_throughput.py [--photos DIR] [--repeats 2] [--limit N]
-                                     [--skip-phone] [--skip-choices] [--device cpu|cuda]
+                                     [--skip-phone | --only-phone] [--skip-choices]
+                                     [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -326,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--limit", type=int, help="use only the first N photos")
     ap.add_argument("--skip-phone", action="store_true", help="only the first photo set")
+    ap.add_argument("--only-phone", action="store_true", help="only the phone photo set")
     ap.add_argument("--skip-choices", action="store_true", help="no batch/allocator/pipeline")
     ap.add_argument("--device", default="cpu", help="index --device (cpu, cuda); the peer's too")
     return ap
@@ -366,14 +370,21 @@ def main() -> None:
 
             weights = str(tmp / "init.ckpt")
             checkpoint.save(checkpoint.init_checkpoint(1000, seed=0), weights)
-        measure("(a) photos", photos, weights, tmp, args.repeats)
-        if not args.skip_choices:
+        if not args.only_phone:
+            measure("(a) photos", photos, weights, tmp, args.repeats)
+        if not (args.skip_choices or args.only_phone):
             choices(photos, weights)
         if not args.skip_phone:
             t0 = time.perf_counter()
             phone = phone_photos(photos, PHONE_CACHE)
             print(f"\n(phone set ready in {time.perf_counter() - t0:.0f} s: {PHONE_CACHE})")
             measure("(b) phone photos, 4032x3024 JPEG + HEIC", phone, weights, tmp, args.repeats)
+            jpeg = tmp / "phone-jpeg"  # the same set without its HEIC files: what decodes
+            jpeg.mkdir()  # at JPEG draft speed, beside what HEIC (no reduced decode) costs
+            for n in sorted(os.listdir(phone)):
+                if n.upper().endswith(".JPG"):
+                    os.symlink(os.path.join(phone, n), jpeg / n)
+            measure("(b') the phone set's JPEGs alone", str(jpeg), weights, tmp, args.repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -80,8 +80,11 @@ def test_summary_fields_are_the_index_json_keys(photos, init_ckpt, tmp_path):
 
     assert set(asdict(summary)) == set(printed) and summary.added == printed["added"] == 12
     # the progress protocol: (stage, done, total) and named figures, up to the total
-    stages = {a[0] for a, _ in seen}
-    assert stages == {"extracting"}
+    # then the top-5 classes of each photo, from its fc7 (index/labels.py)
+    stages = [a[0] for a, _ in seen]
+    assert set(stages) == {"extracting", "labelling"} and stages[-1] == "labelling"
+    assert seen[-1][0][1:] == (12, 12)
+    seen = [(a, f) for a, f in seen if a[0] == "extracting"]
     assert [a[1] for a, _ in seen] == sorted(a[1] for a, _ in seen) and seen[-1][0][1:] == (12, 12)
     assert all(f["img_per_s"] > 0 for _, f in seen)
 

@@ -112,6 +112,22 @@ def test_lrn_matches_the_papers_formula(channels_last, grad):
     assert not torch.allclose(theirs, want[:, :8])
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_of_a_bf16_batch_is_the_formula_in_float32(channels_last):
+    """bf16 activations (autocast) are normalised in float32 image by image, in x's layout:
+    the paper's formula on the float32 values, rounded once to bf16."""
+    torch.manual_seed(0)
+    a = torch.relu(torch.randn(4, 16, 5, 7) * 80).to(torch.bfloat16)
+    want = lrn_by_the_formula(a.double(), k=2.0, alpha=1e-4, beta=0.75, n=5, groups=2)
+    x = a.contiguous(memory_format=torch.channels_last) if channels_last else a
+    with torch.inference_mode():
+        got = local_response_norm(x, LRNConfig(), groups=2)
+    assert got.dtype == torch.bfloat16 and got.stride() == x.stride()
+    whole = local_response_norm(x.float(), LRNConfig(), groups=2).to(torch.bfloat16)
+    assert torch.equal(got, whole)  # the same float32 arithmetic, whatever the loop
+    torch.testing.assert_close(got.double(), want, rtol=2**-8, atol=0)  # one rounding
+
+
 def test_lrn_general_beta_and_caffe_constants():
     a = torch.relu(torch.randn(2, 12, 4, 4, dtype=torch.float64) * 30)
     cfg = LRNConfig(k=1.0, alpha=1e-3, beta=0.6, alpha_over_size=True, per_tower=False)

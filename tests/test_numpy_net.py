@@ -2,6 +2,7 @@
 computes what AlexNet.features computes, and `alexsearch query` runs without torch."""
 
 import json
+import mmap
 import os
 import pickle
 import subprocess
@@ -114,7 +115,13 @@ def test_reader_returns_what_torch_load_returns(tmp_path):
     assert got["b"][1].shape == (0,) and got["b"][2:] == [7, "x", None]
     np.testing.assert_array_equal(got["c"], np.arange(6, dtype=np.uint8))
     np.testing.assert_array_equal(got["t"], payload["t"].numpy())
-    assert not got["a"].flags.writeable  # a view of the file, not a copy
+    base = got["a"]
+    while not isinstance(base, memoryview):  # through numpy's views to the buffer
+        base = base.base
+    assert isinstance(base.obj, mmap.mmap)  # a view of the file, not a copy
+    on_disk = (tmp_path / "f.pt").read_bytes()
+    got["a"][0, 0] = 99.0  # the map is private: a write stays in this process
+    assert (tmp_path / "f.pt").read_bytes() == on_disk
 
 
 class _Evil:

@@ -472,6 +472,8 @@ def test_serve_refuses_at_start_up(site, tmp_path, capsys):
         held.close()
     r = run_in_process(capsys, "serve", "--index", site["ix"], "--max-upload", "lots", check=False)
     one_line_error(r, "--max-upload 'lots'")
+    r = run_in_process(capsys, "serve", "--index", site["ix"], "--device", "tpu", check=False)
+    one_line_error(r, "--device 'tpu'", "auto, cpu, cuda")
 
 
 def test_serve_runs_warns_beyond_loopback_and_stops_on_ctrl_c(site):
@@ -520,3 +522,116 @@ def test_serving_runs_each_request_on_one_blas_thread(monkeypatch):
         sock.bind(("127.0.0.1", 0))
         run.serve(lambda *a: None, sock, say=lambda s: None)
     assert seen == [{1}] and blas_threads() == before
+
+
+def _serve(site, *args, env=None):
+    """A real `alexsearch serve` on a free loopback port: (process, its printed URL)."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "alexsearch", "serve", "--index", str(site["ix"]),
+         "--weights", str(site["weights"]), "--port", "0", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    line = p.stdout.readline()
+    assert " at http://" in line, (line, p.poll())
+    return p, line.split(" at ")[1].split()[0]
+
+
+def _stop(p) -> tuple[str, str]:
+    p.send_signal(signal.SIGINT)
+    try:
+        out, err = p.communicate(timeout=SAFETY_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    no_traceback(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return out, err
+
+
+def test_open_hands_the_page_to_the_browser(site, tmp_path):
+    """--open gives the page's URL to this machine's browser once the server answers:
+    Python's webbrowser, which takes $BROWSER first (here a script that records its
+    argument). Without any browser it says so in one line and keeps serving; bound to
+    0.0.0.0 it opens the loopback address, the one a browser here can reach."""
+    import time
+    import urllib.request
+
+    seen = tmp_path / "opened.txt"
+    browser = tmp_path / "browser"
+    mv = shutil.which("mv")  # the browser runs with the bare PATH below
+    browser.write_text(
+        f'#!/bin/sh\nprintf %s "$1" > "{seen}.part" && {mv} "{seen}.part" "{seen}"\n'
+    )
+    browser.chmod(0o755)
+    bare = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "TERM")}
+    (tmp_path / "empty").mkdir()
+    bare["PATH"] = str(tmp_path / "empty")  # no xdg-open, firefox, lynx... to fall back on
+
+    p, url = _serve(site, "--open", env={**bare, "BROWSER": str(browser)})
+    try:
+        deadline = time.monotonic() + SAFETY_TIMEOUT
+        while not seen.exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen.read_text() == url and url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=60) as r:  # the page, from the opened URL
+            assert r.status == 200 and 'id="file"' in r.read().decode()
+    finally:
+        out, err = _stop(p)
+    assert err == "" and "stopped" in out
+
+    p, url = _serve(site, "--open", "--host", "0.0.0.0", env={**bare, "BROWSER": "/bin/false"})
+    try:
+        assert p.stderr.readline().startswith("warning: bound to 0.0.0.0")
+        said = p.stderr.readline().strip()
+        port = url.rsplit(":", 1)[1].strip("/")
+        assert said == (
+            f"--open: no browser could be started here; open http://127.0.0.1:{port}/ yourself"
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/info", timeout=60) as r:
+            assert json.load(r)["files"] == 14  # still serving
+    finally:
+        _stop(p)
+    assert url == f"http://0.0.0.0:{port}/"
+
+
+def test_uploads_embed_at_most_one_a_core_at_a_time(opened, site, monkeypatch):
+    """Concurrent uploads queue for the network, one running a core at a time (bench/
+    serve_load.py: upload p95 284 -> 196 ms under 8 clients on 2 cores), and each still
+    gets its own answer."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    app = create_app(opened)
+    real, lock, running, most = opened.query, threading.Lock(), [0], [0]
+
+    def query(image, *a, **kw):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            time.sleep(0.2)  # hold the slot, so that unlimited uploads would overlap
+            return real(image, *a, **kw)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(opened, "query", query)
+    photos = sorted(site["photos"].rglob("*.jpg"))[:6]
+
+    async def go():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=LOOP) as c:
+            ups = [c.post("/api/query", files={"image": ("q.jpg", p.read_bytes())},
+                          data={"k": "3"}) for p in photos]  # fmt: skip
+            by_id = c.post("/api/query", json={"id": 1, "k": 3})
+            return await asyncio.gather(by_id, *ups)
+
+    first, *answers = asyncio.run(go())
+    assert first.status_code == 200 and most[0] == 2
+    for p, r in zip(photos, answers, strict=True):
+        assert r.status_code == 200, r.text
+        assert r.json() == {**opened.query(p.read_bytes(), k=3)[0].to_dict(), "query": ""}

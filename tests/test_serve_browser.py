@@ -27,6 +27,7 @@ pytestmark = pytest.mark.skipif(
 def served(tmp_path_factory, init_ckpt):
     root = tmp_path_factory.mktemp("browse")
     make(root / "photos", per_class=3, seed=8)
+    (root / "photos" / "broken.jpg").write_bytes(b"not a photo at all")  # a failure to show
     ix = root / "ix"
     alexsearch.build_index(root / "photos", index=ix, weights=init_ckpt, device="cpu", workers=0)
     proc, url = start_server(ix, init_ckpt)
@@ -104,4 +105,90 @@ def test_collection_and_info_views(served, driver):
     wait_for(driver, lambda d: len(hits(d)) > 0, "its results")
     driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=info]").click()
     table = driver.find_element(By.ID, "info-table").text
-    assert "files 18" in table and "fingerprint" in table
+    assert "files 18" in table and "failed 1" in table and "fingerprint" in table
+    failures = driver.find_element(By.ID, "failures").text
+    assert "broken.jpg" in failures and "not a recognised image" in failures
+
+
+def test_hovering_the_map_shows_the_photo(served, driver):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.common.by import By
+
+    url, _ = served
+    driver.get(url + "?view=collection")
+    wait_for(driver, lambda d: d.execute_script("return MAP && MAP.points.length") == 18, "map")
+    canvas = driver.find_element(By.ID, "map")
+    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    scale = canvas.size["width"] / int(canvas.get_attribute("width"))
+    checked = 0
+    for i in range(18):
+        p = driver.execute_script(f"return MAP.points[{i}];")
+        near = "return MAP.points.filter(q => Math.hypot(q.cx - arguments[0], q.cy - arguments[1]) < 3).length"  # noqa: E501
+        if driver.execute_script(near, p["cx"], p["cy"]) > 1:
+            continue  # another point where the mouse lands: either may be shown
+        ActionChains(driver).move_to_element_with_offset(
+            canvas,
+            int(p["cx"] * scale - canvas.size["width"] / 2),
+            int(p["cy"] * scale - canvas.size["height"] / 2),
+        ).perform()
+        want = f"{p['label']}/{p['name']}"
+        wait_for(driver, lambda d, w=want: d.find_element(By.ID, "map-tip-name").text == w, want)
+        assert driver.find_element(By.ID, "map-tip").is_displayed()
+        src = driver.find_element(By.ID, "map-tip-img").get_attribute("src")
+        assert src.endswith(f"/api/thumb/{p['id']}")
+        checked += 1
+        if checked == 2:
+            break
+    assert checked == 2, "no two points stand apart on the map"
+
+
+def test_drop_and_paste_search_like_the_file_picker(served, driver, tmp_path):
+    """A photo dropped on the page, or pasted, is searched as the file picker searches it
+    (the events carry a File, as a browser's drag and drop and clipboard do)."""
+    import base64
+
+    url, _ = served
+    make(tmp_path / "new", per_class=1, seed=31)
+    photo = sorted((tmp_path / "new").rglob("*.jpg"))[1]
+    want = upload(driver, url, photo, k=6)
+    data = base64.b64encode(photo.read_bytes()).decode()
+    for event in ("drop", "paste"):
+        driver.get(f"{url}?id={want[0]}&k=6")
+        wait_for(driver, lambda d: len(hits(d)) == 6 and hits(d) != want, "other results")
+        driver.execute_script(
+            """
+            const bytes = Uint8Array.from(atob(arguments[0]), (c) => c.charCodeAt(0));
+            const dt = new DataTransfer();
+            dt.items.add(new File([bytes], "q.jpg", { type: "image/jpeg" }));
+            const ev = arguments[1] === "drop"
+              ? new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true })
+              : new ClipboardEvent("paste", { clipboardData: dt, bubbles: true });
+            document.body.dispatchEvent(ev);
+            """,
+            data,
+            event,
+        )
+        wait_for(driver, lambda d: hits(d) == want, f"the {event}ped photo's results")
+        assert "id" not in url_state(driver)
+
+
+def test_binary_codes_made_while_serving(served, driver):
+    """`alexsearch codes` run while the server runs: the reloaded page offers Hamming
+    search with its bytes an image, and searches with it (distances in bits)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, root = served
+    alexsearch.build_codes(root / "ix", bits=32, epochs=1)
+    driver.get(f"{url}?id=1&k=6")
+    wait_for(driver, lambda d: d.find_element(By.ID, "mode-box").is_displayed(), "the mode box")
+    label = driver.find_element(By.ID, "mode-binary").text
+    assert "4 bytes an image" in label, label
+    Select(driver.find_element(By.ID, "mode")).select_by_value("binary")
+    wait_for(driver, lambda d: url_state(d).get("mode") == "binary", "mode=binary in the URL")
+
+    def in_bits(d):
+        shown = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#results .hit .d")]
+        return len(shown) == 6 and all(t.endswith(" bits") for t in shown)
+
+    wait_for(driver, in_bits, "Hamming distances")

@@ -26,6 +26,22 @@ def test_round_trip_keeps_everything(tmp_path):
         assert back.build()(x).shape == (1, 7)
 
 
+def test_built_network_shares_the_file_map_and_never_writes_it(tmp_path):
+    """read() maps the file copy-on-write: build() takes its arrays without a copy, and a
+    write to the network's weights stays in the process, never in the file."""
+    path = tmp_path / "a.ckpt"
+    fp = checkpoint.save(checkpoint.init_checkpoint(5, seed=2), path)
+    on_disk = path.read_bytes()
+    ck = checkpoint.read(path)
+    model = ck.build()
+    w = model.state_dict()["fc6.weight"]
+    assert w.data_ptr() == ck.state_dict["fc6.weight"].ctypes.data  # shared, not copied
+    with torch.no_grad():
+        w.add_(1.0)
+    assert path.read_bytes() == on_disk
+    assert checkpoint.read(path).fingerprint == fp
+
+
 def test_fingerprint_changes_with_any_weight(tmp_path):
     ck = checkpoint.init_checkpoint(3)
     a = checkpoint.fingerprint(ck.state_dict)

@@ -7,6 +7,7 @@ them, so `--help` is instant.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 
@@ -14,7 +15,7 @@ import typer
 
 from .. import __version__
 from ..errors import UserError
-from . import codes, index, serve, train, viz, weights
+from . import classify, codes, duplicates, index, serve, train, viz, weights
 from .render import err
 
 
@@ -66,6 +67,7 @@ app.add_typer(weights_app, name="weights")
 
 app.command("index")(index.index)
 app.command("query")(index.query)
+app.command("classify")(classify.classify)
 
 # `eval` is a group: `alexsearch eval --data DIR` (classification error, its callback) and
 # `alexsearch eval retrieval` (precision@k / mAP of an index).
@@ -89,12 +91,23 @@ viz_app.command("tsne")(viz.viz_tsne)
 viz_app.command("curves")(viz.viz_curves)
 app.add_typer(viz_app, name="viz")
 
+app.command("duplicates")(duplicates.duplicates)
 app.command("info")(index.info)
 app.command("serve")(serve.serve)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning expected failures into one line."""
+    try:
+        _main(argv)
+    finally:
+        if argv is None:  # the process's own command line, so the process ends here:
+            # Python's last collection at exit walks every object torch made (~0.6 s
+            # after any command that imported it); frozen objects are left to the OS
+            gc.freeze()
+
+
+def _main(argv: list[str] | None) -> None:
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit(n).
         code = app(args=argv, standalone_mode=False)

@@ -16,6 +16,7 @@ from .render import (
     kv_table,
     out,
     print_json,
+    print_label_result,
     print_results,
     save_grid,
 )
@@ -97,16 +98,22 @@ def index(
         "time": f"{summary.seconds:.1f} s"
         + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
     }
+    if summary.labelled:
+        rows["labelled"] = f"{summary.labelled} files given their top-5 classes (from fc7)"
     out.print(kv_table("index", rows))
     if summary.failed:
         out.print(failures_table(summary.failed))
     for p, why in summary.skipped:
         err.print(f"skipped {p}: {why}", highlight=False)
+    if summary.labels_note:
+        err.print(summary.labels_note, highlight=False, soft_wrap=True)
 
 
 def query(
     images: list[Path] = typer.Argument(None, help="Query images (inside the index or not)."),
-    k: int = typer.Option(6, "--k", min=1, help="Neighbours per query."),
+    k: int = typer.Option(
+        None, "--k", min=1, help="Neighbours per query [6]; photos for --label alone [20]."
+    ),
     index_dir: Path = typer.Option(None, "--index", help=INDEX_HELP),
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
@@ -135,17 +142,41 @@ def query(
     vectors: Path = typer.Option(
         None, "--vectors", help="Query with fc7 vectors instead (.npy, one row a query)."
     ),
+    label: str = typer.Option(
+        None,
+        "--label",
+        help="Only photos whose top-5 classes match WORD: a class name or synonym "
+        "('tabby cat'), its last word ('cat'), or a synset id (n02123045). Alone: those "
+        "photos, most probable first. Names only: no WordNet hierarchy is installed "
+        "('dog' does not find the breeds).",
+    ),
+    min_prob: float = typer.Option(
+        0.0, "--min-prob", min=0.0, max=1.0, help="With --label: at least this probability."
+    ),
 ) -> None:
-    """Find the k indexed photos that look most like each query image."""
+    """Find the k indexed photos that look most like each query image (or, with --label
+    alone, the photos of a class)."""
     from .. import api
     from ..errors import UserError
 
     if vectors is not None:
         images = _load_vectors(vectors)
-    elif not images:
-        raise UserError("give query images (or --vectors FILE.npy)")
+    elif not images and label is None:
+        raise UserError("give query images (or --vectors FILE.npy, or --label WORD)")
+    if vectors is None and not images:  # --label WORD alone
+        if binary or rerank or grid is not None:
+            raise UserError("--label alone lists photos: --binary, --rerank and --grid need images")
+        with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
+            found = ix.query_label(label, k or 20, min_prob)
+        if as_json:
+            print_json(found.to_dict())
+        else:
+            print_label_result(found, paths_only)
+        return
     with api.open_index(index_dir, weights_path, device, max_megapixels, precision) as ix:
-        results = ix.query(images, k, binary, rerank, include_self, space, expand)
+        results = ix.query(
+            images, k or 6, binary, rerank, include_self, space, expand, label, min_prob
+        )
     if grid is not None and any(not r.error for r in results):
         save_grid(results, grid)
     if as_json:

@@ -109,21 +109,79 @@ def print_results(results, hamming: bool, paths_only: bool) -> None:
             for h in r.hits:
                 print(h.path)
         return
+    labelled = any(h.label for r in good for h in r.hits)  # query IMAGE --label WORD
     if not out.is_terminal:
         for r in good:
             print(f"# query {r.query}")
             for h in r.hits:
-                print(f"{h.rank}\t{_distance(h.distance)}\t{h.path}")
+                extra = f"{h.prob:.4f}\t{h.label}\t" if labelled else ""
+                print(f"{h.rank}\t{_distance(h.distance)}\t{extra}{h.path}")
         return
-    room = max(20, out.width - 26)  # what the rank and distance columns and borders leave
+    # what the rank and distance columns and borders leave (and prob and class)
+    room = max(20, out.width - (50 if labelled else 26))
     for r in good:
         table = Table(title=f"query {r.query}", title_justify="left")
         table.add_column("rank", justify="right")
         table.add_column("Hamming bits" if hamming else "distance", justify="right")
+        if labelled:
+            table.add_column("prob", justify="right")
+            table.add_column("class")
         table.add_column("path", no_wrap=True)
         for h in r.hits:
             path = h.path if len(h.path) <= room else "…" + h.path[-(room - 1) :]
-            table.add_row(str(h.rank), _distance(h.distance), path)
+            extra = [f"{h.prob:.4f}", h.label] if labelled else []
+            table.add_row(str(h.rank), _distance(h.distance), *extra, path)
+        out.print(table, highlight=False)
+
+
+def print_label_result(found, paths_only: bool) -> None:
+    """query --label WORD alone: the photos of the class, most probable first, as
+    print_results draws neighbours (bare paths, a table, or tab-separated rows)."""
+    if paths_only:
+        for h in found.hits:
+            print(h.path)
+        return
+    if not out.is_terminal:
+        print(f"# label {found.word}: {', '.join(found.classes)}")
+        for h in found.hits:
+            print(f"{h.rank}\t{h.prob:.4f}\t{h.label}\t{h.path}")
+    else:
+        table = Table(title=f"label {found.word}: {', '.join(found.classes)}", title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("prob", justify="right")
+        table.add_column("class")
+        table.add_column("path", no_wrap=True)
+        room = max(20, out.width - 40)
+        for h in found.hits:
+            path = h.path if len(h.path) <= room else "…" + h.path[-(room - 1) :]
+            table.add_row(str(h.rank), f"{h.prob:.4f}", h.label, path)
+        out.print(table, highlight=False)
+    if not found.hits:
+        err.print(f"no indexed photo has {found.word!r} among its top-5 classes", highlight=False)
+    if found.unlabelled:
+        err.print(
+            f"{found.unlabelled} indexed photos have no labels yet: `alexsearch index` computes "
+            "them from their stored fc7",
+            highlight=False,
+        )
+
+
+def print_classifications(results) -> None:
+    """classify: each image's top classes (a table in a terminal, else tab-separated)."""
+    for r in results:
+        if r.error:
+            continue
+        if not out.is_terminal:
+            print(f"# image {r.image}")
+            for i, (name, p) in enumerate(r.classes, 1):
+                print(f"{i}\t{p:.4f}\t{name}")
+            continue
+        table = Table(title=f"{r.image} ({r.crops})", title_justify="left")
+        table.add_column("rank", justify="right")
+        table.add_column("prob", justify="right")
+        table.add_column("class")
+        for i, (name, p) in enumerate(r.classes, 1):
+            table.add_row(str(i), f"{p:.4f}", name)
         out.print(table, highlight=False)
 
 

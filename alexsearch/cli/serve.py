@@ -38,17 +38,20 @@ def serve(
         from ..serve.app import create_app
         from ..serve.run import bind, exposure_warning, serve
 
+        def warn(line):
+            err.print(line, highlight=False, soft_wrap=True)
+
         sock = bind(host, port)
         warning = exposure_warning(host)
         if warning:
-            err.print(warning, highlight=False, soft_wrap=True)
+            warn(warning)
         app = create_app(ix, cap, loopback=warning is None)
 
         def say(url):
             out.print(f"serving {ix.dir} ({files} photos) at {url}  (Ctrl-C stops)",
                       highlight=False, soft_wrap=True)  # fmt: skip
 
-        serve(app, sock, open_browser, say)
+        serve(app, sock, open_browser, say, warn)
         out.print("stopped", highlight=False)
     finally:
         ix.close()

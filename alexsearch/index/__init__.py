@@ -1,8 +1,9 @@
 """The index on disk and what reads and writes it: catalogue (SQLite), manifest, writer
 lock, FAISS vectors (`vectors`), binary codes and their autoencoder (`codes`,
 `autoencoder`), fc7 extraction (`extract`), the incremental build (`build`), a query
-image's embedding (`embed`), search over a published snapshot (`search`), and what
-`info` says (`info`).
+image's embedding (`embed`), search over a published snapshot (`search`, by label
+too), each photo's top-5 classes from its stored fc7 (`labels`) and the words that name
+a class (`classnames`), and what `info` says (`info`).
 
 torch is imported only when it computes: extraction (a build with work to do), the
 autoencoder, and a query embedded on a GPU or from a checkpoint the torch-free reader

@@ -19,7 +19,7 @@ from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
 from ..net.precision import combined, resolve_precision
 from ..progress import Progress
-from . import BATCH, codes, spaces, vectors
+from . import BATCH, codes, labels, spaces, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
@@ -61,6 +61,8 @@ class IndexSummary:
     weights: str = ""
     precision: str = ""  # what the index's fc7 was computed in
     space: str = ""  # the search spaces it answers in (info's `space`)
+    labelled: int = 0  # files given their top-5 classes this run (from their stored fc7)
+    labels_note: str = ""  # why some files have no labels, when they could not be computed
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -148,6 +150,10 @@ def run(
                     cat, network, to_extract, summary, batch_size, workers, max_megapixels,
                     progress, commit_every,
                 )  # fmt: skip
+            dim = manifest.dimension if manifest is not None else network.dimension
+            summary.labelled, summary.labels_note = _label(
+                cat, dim, network, weights, recorded, manifest, progress
+            )
             changed = bool(to_extract or work.gone or summary.moved or manifest is None)
             if manifest is not None and kind != manifest.kind_requested:
                 changed = True
@@ -174,6 +180,37 @@ def run(
     summary.space = manifest.describe_space()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _label(cat, dim, network, weights, recorded, manifest, progress) -> tuple[int, str]:
+    """Give every ok file without labels its top-5 classes from its stored fc7 (new
+    files, and all of an index made before labels), with the network's fc8, or the
+    index's weights' when the run loaded no network. Returns (labelled, note): weights
+    that cannot be had leave the files unlabelled and say why, as a run with nothing
+    to extract needs no weights."""
+
+    def classifier() -> labels.Classifier:
+        if network is not None:
+            return labels.Classifier.of(network.ckpt)
+        from ..weights import checkpoint, locations
+        from ..weights.checkpoint_file import Unsupported
+
+        path = locations.resolve(weights, recorded)
+        try:
+            ckpt = checkpoint.read(path)
+        except Unsupported:
+            ckpt = checkpoint.load(path)
+        if ckpt.fingerprint != manifest.model.fingerprint:
+            raise UserError(
+                f"{path} ({ckpt.fingerprint}) are not the index's weights "
+                f"({manifest.model.fingerprint}); pass those with --weights"
+            )
+        return labels.Classifier.of(ckpt)
+
+    try:
+        return labels.fill(cat, dim, classifier, progress), ""
+    except UserError as e:
+        return 0, f"labels not computed: {e}"
 
 
 def _space_changed(manifest: Manifest, space: str | None, dim: int | None) -> bool:

@@ -1,9 +1,11 @@
 """The catalogue of an index (SQLite): one row per file, the source of truth.
 
 Each row: id, path, size, mtime, content digest, status (ok / failed and why), the fc7
-vector and a 32x32 thumbnail. WAL mode; the indexer commits in chunks, so a killed run
-keeps what it committed and a rerun resumes. Readers open it read-only (also on
-read-only media).
+vector and a 32x32 thumbnail; beside it each ok file's top-5 classes (`labels`, computed
+from the stored fc7 at publish: index/labels.py), which triggers drop when a file's
+vector changes or the file goes, so a label never outlives the vector it came from.
+WAL mode; the indexer commits in chunks, so a killed run keeps what it committed and a
+rerun resumes. Readers open it read-only (also on read-only media).
 """
 
 from __future__ import annotations
@@ -58,6 +60,18 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_digest ON files (size, digest);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS labels (
+    file_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    class INTEGER NOT NULL,
+    prob REAL NOT NULL,
+    PRIMARY KEY (file_id, rank)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS labels_class ON labels (class, prob);
+CREATE TRIGGER IF NOT EXISTS labels_of_deleted AFTER DELETE ON files
+    BEGIN DELETE FROM labels WHERE file_id = OLD.id; END;
+CREATE TRIGGER IF NOT EXISTS labels_of_new_vector AFTER UPDATE OF vector ON files
+    BEGIN DELETE FROM labels WHERE file_id = OLD.id; END;
 """
 
 
@@ -178,6 +192,106 @@ class Catalogue:
             "SELECT path FROM files WHERE id=? AND status='ok'", (file_id,)
         ).fetchone()
         return None if row is None else row[0]
+
+    # -- labels: each ok file's top classes (index/labels.py computes them)
+
+    def class_names(self) -> list[str] | None:
+        """The class names the labels are numbered in (None before any were stored)."""
+        row = self._meta("classes")
+        try:
+            return [str(c) for c in json.loads(row)] if row else None
+        except (ValueError, TypeError):
+            return None
+
+    def unlabelled(self) -> list[int]:
+        """Ids of ok files without labels (all of an index made before labels); for the
+        writer, whose open added the labels table."""
+        q = (
+            "SELECT id FROM files WHERE status='ok' AND NOT EXISTS"
+            " (SELECT 1 FROM labels WHERE file_id=files.id) ORDER BY id"
+        )
+        return [r[0] for r in self.db.execute(q)]
+
+    def vectors_of(self, ids, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, fc7 float32 (n, dim)) of those of `ids` that are ok files, by id."""
+        ids = [int(i) for i in ids]
+        got, blobs = [], []
+        for start in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            chunk = ids[start : start + 900]
+            q = (
+                f"SELECT id, vector FROM files WHERE status='ok' AND id IN"
+                f" ({','.join('?' * len(chunk))}) ORDER BY id"
+            )
+            for i, blob in self.db.execute(q, chunk):
+                got.append(i)
+                blobs.append(blob)
+        vecs = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(got), dim)
+        return np.asarray(got, dtype=np.int64), vecs
+
+    def put_labels(self, ids, classes: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
+        """Store each file's top classes (row i of `classes` and `probs`, best first) and
+        the names they are numbered in."""
+        rows = [
+            (int(f), r, int(c), float(p))
+            for f, cs, ps in zip(ids, classes, probs, strict=True)
+            for r, (c, p) in enumerate(zip(cs, ps, strict=True))
+        ]
+        with _writing(self.path):
+            self.db.execute(
+                "INSERT INTO meta (key, value) VALUES ('classes', ?) ON CONFLICT(key) DO UPDATE"
+                " SET value=excluded.value",
+                (json.dumps(list(names)),),
+            )
+            self.db.executemany(
+                "INSERT OR REPLACE INTO labels (file_id, rank, class, prob) VALUES (?,?,?,?)",
+                rows,
+            )
+
+    def labels_of(self, file_id: int) -> list[tuple[int, float]]:
+        """(class, probability) of a file's top classes, best first ([] when none)."""
+        return [
+            (int(c), float(p))
+            for c, p in self._labels_query(
+                "SELECT class, prob FROM labels WHERE file_id=? ORDER BY rank", (int(file_id),)
+            )
+        ]
+
+    def with_classes(self, classes, min_prob: float = 0.0) -> list[tuple[int, int, float]]:
+        """(file id, class, probability) of every ok file with one of `classes` among its
+        top classes at `min_prob` or more, its most probable such class, best first."""
+        classes = [int(c) for c in classes]
+        q = (
+            "SELECT l.file_id, l.class, MAX(l.prob) FROM labels l JOIN files f ON f.id ="
+            f" l.file_id WHERE f.status='ok' AND l.class IN ({','.join('?' * len(classes))})"
+            " AND l.prob >= ? GROUP BY l.file_id ORDER BY MAX(l.prob) DESC, l.file_id"
+        )
+        return [
+            (int(i), int(c), float(p))
+            for i, c, p in self._labels_query(q, (*classes, float(min_prob)))
+        ]
+
+    def labelled_count(self) -> int:
+        """How many ok files have labels."""
+        q = (
+            "SELECT COUNT(*) FROM files WHERE status='ok' AND EXISTS"
+            " (SELECT 1 FROM labels WHERE file_id=files.id)"
+        )
+        rows = self._labels_query(q, ())
+        return int(rows[0][0]) if rows else 0
+
+    def _labels_query(self, q: str, args) -> list:
+        """Rows of a query on labels; none from a catalogue made before labels and opened
+        read-only (so the table was not added)."""
+        try:
+            return list(self.db.execute(q, args))
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e):
+                return []
+            raise
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
 
     # -- writes (the caller holds the index lock and commits in chunks)
 

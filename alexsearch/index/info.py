@@ -27,6 +27,7 @@ def describe(index_dir: Path, named: bool = True) -> dict:
     try:
         ok, failed = cat.count()
         failures = [{"path": p, "reason": r} for p, r in cat.failures()]
+        labelled, names = cat.labelled_count(), cat.class_names()
     finally:
         cat.close()
     if manifest is None:
@@ -58,5 +59,13 @@ def describe(index_dir: Path, named: bool = True) -> dict:
         "bytes_on_disk": disk_bytes(index_dir),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.updated)),
         "codes": m.codes.describe() if m.codes else "none (alexsearch codes)",
+        "labels": _labels(labelled, ok, names),
         "failures": failures,
     }
+
+
+def _labels(labelled: int, ok: int, names: list[str] | None) -> str:
+    """How many files have their top-5 classes (query --label), of how many classes."""
+    if names is None:
+        return "none yet (made before labels: `alexsearch index` computes them from fc7)"
+    return f"top-5 of {len(names)} classes for {labelled} of {ok} files"

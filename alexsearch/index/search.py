@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CodesError, IndexError_
-from . import codes, spaces, vectors
+from ..errors import CodesError, IndexError_, UserError
+from . import classnames, codes, spaces, vectors
 from .catalogue import Catalogue
 from .manifest import Manifest, not_published, read_manifest
 
@@ -25,10 +25,53 @@ class Hit:
     distance: float  # L2 in the search space (raw fc7 or whitened), or Hamming bits (int)
     path: str
     id: int  # the catalogue id
+    label: str = ""  # with --label: the matching class among the photo's top-5
+    prob: float | None = None  # and its probability
 
     def to_dict(self) -> dict:
         d = self.distance if isinstance(self.distance, int) else round(self.distance, 6)
-        return {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
+        out = {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
+        if self.label:
+            out.update(label=self.label, prob=round(self.prob, 6))
+        return out
+
+
+@dataclass
+class LabelHit:
+    rank: int
+    prob: float  # the probability of `label` for this photo (fc8's softmax)
+    label: str  # the matching class among the photo's top-5
+    path: str
+    id: int
+
+    def to_dict(self) -> dict:
+        return {"rank": self.rank, "prob": round(self.prob, 6), "label": self.label,
+                "path": self.path, "id": self.id}  # fmt: skip
+
+
+@dataclass
+class LabelResult:
+    """The indexed photos whose top-5 classes match a word, most probable first."""
+
+    word: str
+    classes: list[str]  # the class names the word matched
+    hits: list[LabelHit] = field(default_factory=list)
+    unlabelled: int = 0  # indexed photos without labels yet (made before labels)
+
+    def to_dict(self) -> dict:
+        """What `alexsearch query --label WORD --json` prints."""
+        return {"label": self.word, "classes": self.classes, "unlabelled": self.unlabelled,
+                "photos": [h.to_dict() for h in self.hits]}  # fmt: skip
+
+
+@dataclass
+class LabelMatch:
+    """The photos a --label names: (file id -> (class name, probability)), best first."""
+
+    word: str
+    classes: list[str]
+    photos: dict[int, tuple[str, float]]
+    unlabelled: int
 
 
 @dataclass
@@ -145,6 +188,69 @@ class Snapshot:
         if transforms:
             q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
         return inner.search(np.ascontiguousarray(q, np.float32), want)
+
+    # -- by label: the top-5 classes the catalogue holds (index/labels.py)
+
+    def vocabulary(self) -> list[classnames.ClassName]:
+        """The classes the labels are numbered in; refused when the index has no labels."""
+        names = self.catalogue.class_names()
+        if names is None:
+            raise IndexError_(
+                f"{self.dir} has no labels yet (made before labels): run `alexsearch index` "
+                "on it again, which computes them from the stored fc7 without decoding photos"
+            )
+        return classnames.vocabulary(names, len(names))
+
+    def match_label(self, word: str, min_prob: float = 0.0) -> LabelMatch:
+        """The photos whose top-5 classes hold a class `word` names, with at least
+        `min_prob`, most probable first; UserError listing the closest names when the
+        word names no class."""
+        if not 0.0 <= min_prob <= 1.0:
+            raise UserError(f"--min-prob {min_prob} must be between 0 and 1")
+        vocab = self.vocabulary()
+        wanted = classnames.matching(word, vocab)
+        rows = self.catalogue.with_classes(wanted, min_prob)
+        ok, _ = self.catalogue.count()
+        return LabelMatch(
+            word,
+            [vocab[c].name for c in wanted],
+            {i: (vocab[c].name, p) for i, c, p in rows},
+            ok - self.catalogue.labelled_count(),
+        )
+
+    def search_among(
+        self, vecs: np.ndarray, k: int, match: LabelMatch, exclude_ids=None, space="paper"
+    ) -> list[list[Hit]]:
+        """k nearest per row of `vecs` among the photos of `match`, exactly (brute force
+        over their catalogue fc7, in `space` through the index's own transform), each hit
+        with its matching class and probability."""
+        import faiss
+
+        exclude_ids = exclude_ids or [None] * len(vecs)
+        ids, cand = self.catalogue.vectors_of(list(match.photos), self.manifest.dimension)
+        if len(ids) == 0:
+            return [[] for _ in vecs]
+        q = np.ascontiguousarray(vecs, np.float32)
+        if space != "paper":
+            transforms = spaces.index_chain(self.open_space())
+            q, cand = spaces.apply(transforms, q), spaces.apply(transforms, cand)
+        want = min(k + 1, len(ids))
+        dist, rows = faiss.knn(q, np.ascontiguousarray(cand, np.float32), want)
+        paths = self.catalogue.paths(ids.tolist())
+        out = []
+        for row_d, row_i, skip in zip(dist, rows, exclude_ids, strict=True):
+            hits = []
+            for d, r in zip(row_d, row_i, strict=True):
+                i = int(ids[r]) if r >= 0 else -1
+                if i < 0 or i == skip or i not in paths:
+                    continue
+                label, prob = match.photos[i]
+                dd = float(max(d, 0.0)) ** 0.5
+                hits.append(Hit(len(hits) + 1, dd, paths[i], i, label, prob))
+                if len(hits) == k:
+                    break
+            out.append(hits)
+        return out
 
     # -- binary codes (alexsearch codes): Hamming k-NN, optionally re-ranked by exact fc7
 

@@ -38,7 +38,14 @@ def local_response_norm(x: torch.Tensor, cfg: LRNConfig, groups: int = 1) -> tor
     """
     if x.dtype in (torch.bfloat16, torch.float16):
         with torch.autocast(x.device.type, enabled=False):
-            return local_response_norm(x.float(), cfg, groups).to(x.dtype)
+            if x.device.type != "cpu" or x.shape[0] == 1 or x.requires_grad:
+                return local_response_norm(x.float(), cfg, groups).to(x.dtype)
+            # one image at a time, so its float32 copy stays in cache: ~25% less time than
+            # converting the whole batch first (bench/forward.py), the same numbers
+            out = torch.empty_like(x)
+            for i in range(x.shape[0]):
+                out[i : i + 1] = local_response_norm(x[i : i + 1].float(), cfg, groups)
+            return out
     g = groups if cfg.per_tower else 1
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()

@@ -3,7 +3,7 @@ imports torch.
 
 Importing torch takes ~2.5 s on the 2-core dev machine, more than everything else a
 query does together (bench/query_latency.py). A query embeds a few images, where
-numpy's BLAS matrix products (an im2col per convolution) take ~0.06 s an image. The
+numpy's BLAS matrix products (an im2col per convolution) take ~0.04 s an image. The
 arithmetic is the one-device plan of net/alexnet.py in float32, so vectors equal
 torch's to float rounding (tests/test_numpy_net.py); the index's vectors still come
 from torch.
@@ -101,8 +101,17 @@ def _lrn(x: np.ndarray, cfg: LRNConfig | None, towers: int) -> np.ndarray:
 
 
 def _max_pool(x: np.ndarray) -> np.ndarray:
-    """Overlapping max-pooling: 3x3 windows, stride 2 (the paper's z=3, s=2)."""
-    return sliding_window_view(x, (3, 3), axis=(2, 3))[:, :, ::2, ::2].max(axis=(4, 5))
+    """Overlapping max-pooling: 3x3 windows, stride 2 (the paper's z=3, s=2), as the
+    elementwise maximum of the 9 strided views: ~20x faster than reducing a window view
+    (7.4 -> 0.3 ms for conv1's output, a quarter of a query's forward)."""
+    n, c, h, w = x.shape
+    oh, ow = (h - 3) // 2 + 1, (w - 3) // 2 + 1
+    out = x[:, :, : 2 * oh - 1 : 2, : 2 * ow - 1 : 2].copy()
+    for i in range(3):
+        for j in range(3):
+            if i or j:
+                np.maximum(out, x[:, :, i : i + 2 * oh - 1 : 2, j : j + 2 * ow - 1 : 2], out=out)
+    return out
 
 
 def _adaptive_avg_pool(x: np.ndarray, size: int) -> np.ndarray:

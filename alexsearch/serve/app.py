@@ -16,7 +16,11 @@ for a bug).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from urllib.parse import parse_qs
 
@@ -76,6 +80,16 @@ def _int(value, name: str, low: int, high: int) -> int:
     return n
 
 
+def _prob(value) -> float:
+    try:
+        p = float(str(value).strip() or 0)
+    except ValueError:
+        raise BadRequest(f"min_prob must be a number; got {str(value)[:40]!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise BadRequest(f"min_prob must be between 0 and 1; got {p}")
+    return p
+
+
 def _bool(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -107,23 +121,41 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         desc["max_k"] = MAX_K
         return JSONResponse(desc)
 
+    # Uploads run the network on threads of their own, one a core (the rest wait their
+    # turn in order), rather than every request's thread contending for the cores and the
+    # GIL; the same few threads each time, so the forward's buffers are not spread over
+    # one allocator arena per request thread.
+    embedding = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="alexsearch-embed")
+
     async def query(request: Request) -> Response:
         fields, image = await _query_input(request, max_upload)
         k = _int(fields.get("k", 6), "k", 1, MAX_K)
         binary = _bool(fields.get("binary", False))
         rerank = _int(fields.get("rerank", 0) or 0, "rerank", 0, 100_000)
+        label = str(fields["label"]) if fields.get("label") not in (None, "") else None
+        by_label = {"label": label, "min_prob": _prob(fields.get("min_prob", 0.0))}
         if image is not None:
             if not image:
                 raise BadRequest("the uploaded image is empty")
-            res = (await run_in_threadpool(ix.query, image, k, binary, rerank))[0]
+            run = functools.partial(ix.query, image, k, binary, rerank, **by_label)
+            res = (await asyncio.get_running_loop().run_in_executor(embedding, run))[0]
             if res.error:
                 raise BadRequest(f"the uploaded image cannot be used: {res.error}")
         elif "id" in fields:
             file_id = _int(fields["id"], "id", 0, 2**62)
-            res = (await run_in_threadpool(ix.query_ids, file_id, k, binary, rerank))[0]
+            found = await run_in_threadpool(ix.query_ids, file_id, k, binary, rerank, **by_label)
+            res = found[0]
         else:
             raise BadRequest("send an image (multipart field `image`) or an `id`")
         return JSONResponse(res.to_dict())
+
+    def label(request: Request) -> Response:
+        word = request.query_params.get("word", "")
+        if not word.strip():
+            raise BadRequest("give a class name: /api/label?word=cat")
+        k = _int(request.query_params.get("k", 20), "k", 1, MAX_K)
+        min_prob = _prob(request.query_params.get("min_prob", 0.0))
+        return JSONResponse(ix.query_label(word, k, min_prob).to_dict())
 
     def thumb(request: Request) -> Response:
         png = ix.thumbnail_png(request.path_params["id"])
@@ -167,6 +199,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         Route("/static/{name}", static),
         Route("/api/info", info),
         Route("/api/query", query, methods=["POST"]),
+        Route("/api/label", label),
         Route("/api/thumb/{id:int}", thumb),
         Route("/api/image/{id:int}", image),
         Route("/api/map", tsne_map),

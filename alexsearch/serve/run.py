@@ -4,6 +4,7 @@ URL, warn when the photos become visible beyond this machine, stop on Ctrl-C."""
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import threading
 import webbrowser
@@ -37,14 +38,33 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(sock: socket.socket) -> str:
+def url_of(sock: socket.socket, reachable: bool = False) -> str:
+    """The page's URL on `sock`. reachable: a wildcard bind (0.0.0.0, ::) as the loopback
+    address of its family, the one a browser on this machine can open."""
     host, port = sock.getsockname()[:2]
+    if reachable and ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{port}/"
 
 
-def serve(app, sock: socket.socket, open_browser: bool = False, say=print) -> None:
-    """Serve `app` on the bound `sock` until Ctrl-C (or SIGTERM); returns when stopped."""
+def open_page(url: str, warn=print) -> bool:
+    """Open `url` in this machine's browser (webbrowser: $BROWSER, else the desktop's
+    default); without one, `warn` says so in one line. True when a browser took it."""
+    try:
+        opened = webbrowser.open(url)
+    except Exception as e:  # a broken browser setting must not take the server down
+        opened, why = False, f" ({type(e).__name__}: {str(e)[:80]})"
+    else:
+        why = ""
+    if not opened:
+        warn(f"--open: no browser could be started here{why}; open {url} yourself")
+    return opened
+
+
+def serve(app, sock: socket.socket, open_browser: bool = False, say=print, warn=print) -> None:
+    """Serve `app` on the bound `sock` until Ctrl-C (or SIGTERM); returns when stopped.
+    say(url) once bound; open_browser: open the page once the server answers."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
@@ -56,7 +76,7 @@ def serve(app, sock: socket.socket, open_browser: bool = False, say=print) -> No
             while not server.started and not server.should_exit:
                 threading.Event().wait(0.05)
             if server.started:
-                webbrowser.open(url)
+                open_page(url_of(sock, reachable=True), warn)
 
         threading.Thread(target=opener, daemon=True).start()
     say(url)

@@ -78,7 +78,7 @@ class Checkpoint:
 
 
 def read(path: str | os.PathLike) -> Checkpoint:
-    """The checkpoint at `path` with numpy arrays (read-only views of a memory map), without
+    """The checkpoint at `path` with numpy arrays (views of a private memory map), without
     torch. Raises WeightsError for anything unusable, Unsupported for content beyond this
     reader (which `load` then hands to torch)."""
     path = Path(path)
@@ -217,7 +217,8 @@ def _all_finite(t) -> bool:
 
 def _tensors(obj):
     """numpy arrays -> torch tensors, through dicts, lists and tuples (torch tensors kept).
-    A read-only array (a view of a file) is copied; a writable one is shared."""
+    A writable array (also a view of checkpoint_file's private map) is shared; a read-only
+    one is copied."""
     if isinstance(obj, np.ndarray):
         import torch
 
