@@ -189,6 +189,8 @@ def test_small_collection_learns_fewer_dimensions_then_the_asked_ones_as_it_grow
     with alexsearch.open_index(tmp_path / "ix") as ix:
         assert same_cluster_rate(ix.query(x, k=6), labels, 6) > 0.9
         assert same_cluster_rate(ix.query(x, k=6, space="paper"), labels, 6) < 0.5
+        # duplicates' thresholds were tuned on the full whitening: raw fc7 here
+        assert ix.duplicates().to_dict()["thresholds"]["space"] == "paper"
     more, _, more_names = clustered(seed=1, per=8)
     m = plant(tmp_path / "ix", init_ckpt, more, [f"more-{n}" for n in more_names], space_dim=64)
     assert (m.space.dimension, m.space.generation, m.space.learnt_from) == (64, 2, 128)
