@@ -188,7 +188,9 @@ def test_binary_codes_made_while_serving(served, driver):
     wait_for(driver, lambda d: url_state(d).get("mode") == "binary", "mode=binary in the URL")
 
     def in_bits(d):
-        shown = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#results .hit .d")]
+        shown = d.execute_script(  # in one go: the grid may be re-rendered meanwhile
+            "return [...document.querySelectorAll('#results .hit .d')].map(e => e.textContent)"
+        )
         return len(shown) == 6 and all(t.endswith(" bits") for t in shown)
 
     wait_for(driver, in_bits, "Hamming distances")
@@ -289,7 +291,9 @@ def test_a_class_name_shows_the_photos_of_that_class(served_dups, driver):
     box.send_keys("tabby cat")
     box.submit()
     wait_for(driver, lambda d: hits(d) == [p["id"] for p in want["photos"]], "the tabbies")
-    captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#results .hit .d")]
+    captions = driver.execute_script(
+        "return [...document.querySelectorAll('#results .hit .d')].map(e => e.textContent)"
+    )
     assert captions == [f"tabby {p['prob'] * 100:.1f}%" for p in want["photos"]]
     assert url_state(driver) == {"label": "tabby cat", "k": "12"}
     assert "tabby" in driver.find_element(By.ID, "label-head").text

@@ -202,18 +202,16 @@ $("label-form").addEventListener("submit", (ev) => {
 
 // -- duplicates: groups found by the library, read-only here
 
-let DUPS = null; // {tier, generation} of what is shown
-
+// Asked again each time the tab opens: the server keeps each tier's groups until the
+// index publishes a new generation, so this is cheap and never stale.
 async function loadDuplicates() {
   const tier = $("dup-tier").value;
-  if (DUPS && INFO && DUPS.tier === tier && DUPS.generation === INFO.generation) return;
   $("dup-status").textContent = "looking for duplicates…";
   $("dup-groups").replaceChildren();
   try {
     const r = await fetch("/api/duplicates?" + new URLSearchParams({ tier }));
     const j = await r.json();
     if (!r.ok) throw new Error(j.error || r.statusText);
-    DUPS = { tier, generation: j.generation };
     $("dup-groups").replaceChildren(...j.groups.map((g) => {
       const box = document.createElement("div");
       box.className = "dup-group";
@@ -235,7 +233,6 @@ async function loadDuplicates() {
     $("dup-status").textContent = `${j.groups.length} groups, ${j.duplicates} duplicates ` +
       `among ${j.files} photos (${j.tiers.join(", ")}; keep: ${j.keep_rule})`;
   } catch (e) {
-    DUPS = null;
     $("dup-status").textContent = "no duplicates: " + e.message;
   }
 }
