@@ -297,6 +297,7 @@ def test_a_class_name_shows_the_photos_of_that_class(served_dups, driver):
     assert captions == [f"tabby {p['prob'] * 100:.1f}%" for p in want["photos"]]
     assert url_state(driver) == {"label": "tabby cat", "k": "12"}
     assert "tabby" in driver.find_element(By.ID, "label-head").text
+    assert not driver.find_element(By.ID, "query").is_displayed()  # no query photo here
     # a word that names no class: the server's one line, shown as an error
     box = driver.find_element(By.ID, "label-word")
     box.clear()

@@ -204,13 +204,17 @@ $("label-form").addEventListener("submit", (ev) => {
 
 // Asked again each time the tab opens: the server keeps each tier's groups until the
 // index publishes a new generation, so this is cheap and never stale.
+let dupAsked = 0; // only the latest answer is drawn (the tier may change while one runs)
+
 async function loadDuplicates() {
   const tier = $("dup-tier").value;
+  const asked = ++dupAsked;
   $("dup-status").textContent = "looking for duplicates…";
   $("dup-groups").replaceChildren();
   try {
     const r = await fetch("/api/duplicates?" + new URLSearchParams({ tier }));
     const j = await r.json();
+    if (asked !== dupAsked) return;
     if (!r.ok) throw new Error(j.error || r.statusText);
     $("dup-groups").replaceChildren(...j.groups.map((g) => {
       const box = document.createElement("div");
@@ -233,6 +237,7 @@ async function loadDuplicates() {
     $("dup-status").textContent = `${j.groups.length} groups, ${j.duplicates} duplicates ` +
       `among ${j.files} photos (${j.tiers.join(", ")}; keep: ${j.keep_rule})`;
   } catch (e) {
+    if (asked !== dupAsked) return;
     $("dup-status").textContent = "no duplicates: " + e.message;
   }
 }
