@@ -635,3 +635,61 @@ def test_uploads_embed_at_most_one_a_core_at_a_time(opened, site, monkeypatch):
     for p, r in zip(photos, answers, strict=True):
         assert r.status_code == 200, r.text
         assert r.json() == {**opened.query(p.read_bytes(), k=3)[0].to_dict(), "query": ""}
+
+
+# -- duplicates (issue 16)
+
+
+def test_duplicates_is_what_duplicates_json_prints_and_cached(tmp_path, init_ckpt, monkeypatch):
+    from dup_photos import make_library
+
+    files = make_library(tmp_path / "lib")
+    ix_dir = tmp_path / "ix"
+    alexsearch.build_index(tmp_path / "lib", index=ix_dir, weights=init_ckpt, device="cpu",
+                           workers=0)  # fmt: skip
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "lib").rglob("*"))
+    with alexsearch.open_index(ix_dir, weights=init_ckpt) as opened:
+        c = TestClient(create_app(opened), base_url=LOOP)
+        for tier in ("exact", "near", "similar"):
+            r = c.get("/api/duplicates", params={"tier": tier})
+            assert r.status_code == 200, r.text
+            assert r.json() == {**opened.duplicates(tier).to_dict(), "generation": 1}
+        got = c.get("/api/duplicates").json()  # near by default
+        assert got["tiers"] == ["exact", "near"]
+        by = {g["tier"]: g for g in got["groups"]}
+        original = str(files["originals"][0])
+        assert by["exact"]["keep"] == original
+        assert {f["path"] for f in by["exact"]["files"]} == {original, str(files["copy"][0])}
+        planted = {str(files[t][0]) for t in ("reencode", "resize", "crop")}
+        assert {f["path"] for f in by["near"]["files"]} == planted | {original}
+        # every member carries the catalogue id its thumbnail is fetched by
+        for f in by["near"]["files"]:
+            assert f["id"] == id_of(opened, f["path"])
+            thumb = c.get(f"/api/thumb/{f['id']}")
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/png"
+        # asked again on the same generation: from the cache, not found again
+        monkeypatch.setattr(opened, "duplicates", lambda *a, **k: 1 / 0)
+        assert c.get("/api/duplicates", params={"tier": "near"}).json() == got
+        monkeypatch.undo()
+        # a new generation published while serving: found again, with the new photo
+        shutil.copyfile(files["originals"][1], tmp_path / "lib" / "copies" / "p01 copy.jpg")
+        alexsearch.build_index(tmp_path / "lib", index=ix_dir, weights=init_ckpt,
+                               device="cpu", workers=0)  # fmt: skip
+        again = c.get("/api/duplicates", params={"tier": "exact"}).json()
+        assert again["generation"] == 2 and len(again["groups"]) == 2
+    # read-only: every file is where it was (plus the copy this test made)
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "lib").rglob("*"))
+    assert set(after) - set(before) == {
+        (tmp_path / "lib/copies/p01 copy.jpg").relative_to(tmp_path)
+    }
+    assert set(before) <= set(after)
+
+
+@pytest.mark.parametrize("query", ["tier=nearr", "tier=EXACT", "tier=%00"])
+def test_duplicates_bad_tier(client, query):
+    err = refused(client.get("/api/duplicates?" + query), 400, "tier must be one of")
+    assert "exact, near, similar" in err
+
+
+def test_duplicates_only_get(client):
+    refused(client.post("/api/duplicates", json={"tier": "near"}), 405)

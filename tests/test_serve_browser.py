@@ -188,7 +188,125 @@ def test_binary_codes_made_while_serving(served, driver):
     wait_for(driver, lambda d: url_state(d).get("mode") == "binary", "mode=binary in the URL")
 
     def in_bits(d):
-        shown = [e.text for e in d.find_elements(By.CSS_SELECTOR, "#results .hit .d")]
+        shown = d.execute_script(  # in one go: the grid may be re-rendered meanwhile
+            "return [...document.querySelectorAll('#results .hit .d')].map(e => e.textContent)"
+        )
         return len(shown) == 6 and all(t.endswith(" bits") for t in shown)
 
     wait_for(driver, in_bits, "Hamming distances")
+
+
+# -- duplicates and search by label (issue 16)
+
+
+def _planted_checkpoint(photos, path):
+    """The init checkpoint with fc8 planted as tests/test_labels.py plants it: class c's
+    row is photo 000 of shape c (its fc7 less their mean), so that photo's top class is
+    its own ("tabby" for red_circles)."""
+    import numpy as np
+    import torch
+    from test_labels import NAMES, SHAPES
+
+    from alexsearch.net.numpy_net import NumpyNet
+    from alexsearch.weights import checkpoint
+
+    ckpt = checkpoint.init_checkpoint(len(NAMES), seed=1, classes=NAMES)
+    checkpoint.save(ckpt, path)
+    net = NumpyNet.of(checkpoint.read(path))
+    fc7 = np.stack([net.embed(str(photos / s / "000.jpg"), 100) for s in SHAPES])
+    mean = fc7.mean(0)
+    rows = fc7 - mean
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    weight = np.zeros((len(NAMES), fc7.shape[1]), np.float32)
+    weight[: len(SHAPES)] = rows / norms * (4.0 / np.median(norms))
+    bias = -(weight @ mean)
+    bias[len(SHAPES) :] = -1e4
+    ckpt.state_dict["fc8.weight"].copy_(torch.from_numpy(weight))
+    ckpt.state_dict["fc8.bias"].copy_(torch.from_numpy(bias.astype(np.float32)))
+    checkpoint.save(ckpt, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def served_dups(tmp_path_factory):
+    """Shapes (labelled by a planted fc8) and planted duplicates in one index."""
+    from dup_photos import make_library
+
+    root = tmp_path_factory.mktemp("browse-dups")
+    make(root / "photos" / "shapes", per_class=2, seed=4)
+    files = make_library(root / "photos" / "lib")
+    planted = _planted_checkpoint(root / "photos" / "shapes", root / "planted.ckpt")
+    ix = root / "ix"
+    alexsearch.build_index(root / "photos", index=ix, weights=planted, device="cpu", workers=0)
+    proc, url = start_server(ix, planted)
+    yield url, ix, planted, files
+    stop_server(proc)
+
+
+def test_duplicates_tab_shows_the_planted_groups(served_dups, driver):
+    from selenium.webdriver.common.by import By
+
+    url, ix, planted, files = served_dups
+    with alexsearch.open_index(ix, weights=planted) as opened:
+        want = opened.duplicates("near").to_dict()
+    near = [g for g in want["groups"] if g["tier"] == "near"]
+    assert len(near) == 1 and len(near[0]["files"]) == 4  # the original and 3 copies
+    driver.get(url)
+    wait_for(driver, lambda d: d.find_element(By.ID, "summary").text, "the index summary")
+    driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=duplicates]").click()
+    wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".dup-group"), "the groups")
+    shown = driver.execute_script(
+        """return [...document.querySelectorAll('.dup-group')].map(g => ({
+             tier: g.dataset.tier, head: g.querySelector('.head').textContent,
+             ids: [...g.querySelectorAll('.hit')].map(h => Number(h.dataset.id)),
+             captions: [...g.querySelectorAll('.hit .d')].map(e => e.textContent)}))"""
+    )
+    assert [(g["tier"], g["ids"]) for g in shown] == [
+        (g["tier"], [f["id"] for f in g["files"]]) for g in want["groups"]
+    ]
+    group = next(g for g in shown if g["tier"] == "near")
+    assert "keep p00.jpg" in group["head"] and "4 photos" in group["head"]
+    assert group["captions"][0].startswith("keep · near ")
+    assert all(c.startswith("near 0.") for c in group["captions"][1:])
+    status = driver.find_element(By.ID, "dup-status").text
+    assert f"{len(want['groups'])} groups, {want['duplicates']} duplicates" in status
+    # a photo of a group searches from it
+    copy = group["ids"][1]
+    driver.find_elements(By.CSS_SELECTOR, ".dup-group[data-tier=near] .hit")[1].click()
+    wait_for(driver, lambda d: url_state(d).get("id") == str(copy), "a search from the copy")
+    wait_for(driver, lambda d: len(hits(d)) > 0 and copy not in hits(d), "its neighbours")
+    assert driver.find_element(By.ID, "view-search").is_displayed()
+
+
+def test_a_class_name_shows_the_photos_of_that_class(served_dups, driver):
+    from selenium.webdriver.common.by import By
+
+    url, ix, planted, _ = served_dups
+    with alexsearch.open_index(ix, weights=planted) as opened:
+        want = opened.query_label("tabby", 12).to_dict()
+    assert want["photos"] and any(p["path"].endswith("red_circles/000.jpg") for p in want["photos"])
+    driver.get(url + "?k=12")
+    wait_for(driver, lambda d: d.find_element(By.ID, "summary").text, "the index summary")
+    box = driver.find_element(By.ID, "label-word")
+    box.send_keys("tabby cat")
+    box.submit()
+    wait_for(driver, lambda d: hits(d) == [p["id"] for p in want["photos"]], "the tabbies")
+    captions = driver.execute_script(
+        "return [...document.querySelectorAll('#results .hit .d')].map(e => e.textContent)"
+    )
+    assert captions == [f"tabby {p['prob'] * 100:.1f}%" for p in want["photos"]]
+    assert url_state(driver) == {"label": "tabby cat", "k": "12"}
+    assert "tabby" in driver.find_element(By.ID, "label-head").text
+    assert not driver.find_element(By.ID, "query").is_displayed()  # no query photo here
+    # a word that names no class: the server's one line, shown as an error
+    box = driver.find_element(By.ID, "label-word")
+    box.clear()
+    box.send_keys("tabbby")
+    box.submit()
+    status = driver.find_element(By.ID, "status")
+    wait_for(driver, lambda d: "closest: tabby" in status.text, "the server's error")
+    assert status.get_attribute("class") == "error" and "\n" not in status.text
+    assert hits(driver) == []
+    # Back: the tabbies again, from the URL
+    driver.back()
+    wait_for(driver, lambda d: hits(d) == [p["id"] for p in want["photos"]], "the tabbies again")

@@ -4,12 +4,16 @@ the JSON API it uses, every answer from the library (alexsearch.api.Index).
     GET  /api/info            what `info --index --json` prints, plus codes and limits
     POST /api/query           multipart `image`, or form/JSON `id`; `k`, `binary`, `rerank`:
                               what `query --json` prints for one image
+    GET  /api/label           `word`, `k`, `min_prob`: what `query --label WORD --json` prints
+    GET  /api/duplicates      `tier` (exact|near|similar): what `duplicates --json` prints,
+                              plus the generation it was found in (cached per generation)
     GET  /api/thumb/{id}      the stored 32x32 thumbnail (PNG)
     GET  /api/image/{id}      the photo's own file (JPEG for formats browsers do not show)
     GET  /api/map             t-SNE positions of the current generation (cached)
     GET  /api/kernels         the conv1 kernels of the index's weights (PNG)
 
-Files are reached by catalogue id only; nothing is written but the t-SNE cache. Errors
+Files are reached by catalogue id only (paths are only display text); nothing is written
+but the t-SNE cache, and nothing is moved. Errors
 are {"error": "one line"} with a 4xx status (503 when the index itself went away, 500
 for a bug).
 """
@@ -20,6 +24,7 @@ import asyncio
 import functools
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from urllib.parse import parse_qs
@@ -32,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import CodesError, IndexError_, NotFoundError, OutsideError, UserError
+from ..index.duplicates import TIERS
 from .guard import LoopbackHostOnly, TooLarge, parse_multipart, read_body
 
 DEFAULT_MAX_UPLOAD = 25 * 1024**2
@@ -157,6 +163,26 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         min_prob = _prob(request.query_params.get("min_prob", 0.0))
         return JSONResponse(ix.query_label(word, k, min_prob).to_dict())
 
+    # Finding duplicates reads every photo's fc7 and hash (about 1 s per 10k photos): each
+    # tier's report is kept until a new generation is published, and found once at a time.
+    dup_cache: dict[tuple[int, str], dict] = {}
+    dup_lock = threading.Lock()
+
+    def duplicates(request: Request) -> Response:
+        tier = request.query_params.get("tier", "near").strip() or "near"
+        if tier not in TIERS:
+            raise BadRequest(f"tier must be one of {', '.join(TIERS)}; got {tier[:40]!r}")
+        with dup_lock:
+            gen = ix.generation()
+            found = dup_cache.get((gen, tier))
+            if found is None:
+                found = {**ix.duplicates(tier).to_dict(), "generation": gen}
+                if ix.generation() == gen:  # not one published meanwhile
+                    for old in [key for key in dup_cache if key[0] != gen]:
+                        del dup_cache[old]  # an older generation's are never asked again
+                    dup_cache[(gen, tier)] = found
+        return JSONResponse(found)
+
     def thumb(request: Request) -> Response:
         png = ix.thumbnail_png(request.path_params["id"])
         return Response(png, media_type="image/png", headers={"cache-control": "max-age=60"})
@@ -200,6 +226,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         Route("/api/info", info),
         Route("/api/query", query, methods=["POST"]),
         Route("/api/label", label),
+        Route("/api/duplicates", duplicates),
         Route("/api/thumb/{id:int}", thumb),
         Route("/api/image/{id:int}", image),
         Route("/api/map", tsne_map),

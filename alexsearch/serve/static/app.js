@@ -1,6 +1,6 @@
 // The page of `alexsearch serve`: it uses only the JSON API (/api/...), fetches nothing
-// from elsewhere. The URL holds the state (?id=123&k=12&mode=binary&view=collection), so a
-// search can be bookmarked and Back works (history.pushState + popstate).
+// from elsewhere. The URL holds the state (?id=123&k=12&mode=binary&view=collection, or
+// ?label=cat), so a search can be bookmarked and Back works (history.pushState + popstate).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -14,13 +14,16 @@ function params() {
     k: p.get("k") || $("k").value,
     mode: p.get("mode") || "",
     view: p.get("view") || "search",
+    label: p.get("label") || "",
   };
 }
 
 function urlFor(s) {
   const p = new URLSearchParams();
   if (s.view && s.view !== "search") p.set("view", s.view);
-  if (s.id !== null && s.id !== undefined && s.id !== "") p.set("id", s.id);
+  const hasId = s.id !== null && s.id !== undefined && s.id !== "";
+  if (hasId) p.set("id", s.id);
+  else if (s.label) p.set("label", s.label); // a search from a photo leaves the class
   p.set("k", s.k);
   if (s.mode) p.set("mode", s.mode);
   return "?" + p.toString();
@@ -50,6 +53,7 @@ function show(view) {
   for (const s of document.querySelectorAll(".view")) s.hidden = s.id !== "view-" + view;
   if (view === "collection") loadCollection();
   if (view === "info") renderInfo();
+  if (view === "duplicates") loadDuplicates();
 }
 
 for (const b of document.querySelectorAll("#tabs button")) {
@@ -61,7 +65,7 @@ for (const b of document.querySelectorAll("#tabs button")) {
 }
 
 function stateOf(s, extra) {
-  return { id: s.id, k: s.k, mode: s.mode, view: s.view, ...(extra || {}) };
+  return { id: s.id, k: s.k, mode: s.mode, view: s.view, label: s.label, ...(extra || {}) };
 }
 
 // -- searching
@@ -117,6 +121,7 @@ async function searchFile(file) {
 }
 
 function renderQuery(src, path, id) {
+  $("label-head").hidden = true;
   $("query").hidden = false;
   $("query").dataset.id = id;
   $("query-img").src = src;
@@ -125,38 +130,119 @@ function renderQuery(src, path, id) {
 }
 
 function renderResults(res, mode) {
+  $("label-head").hidden = true;
   const grid = $("results");
   grid.replaceChildren();
   const bits = mode === "binary";
   for (const h of res.neighbours) {
-    const a = document.createElement("a");
-    a.className = "hit";
-    a.dataset.id = h.id;
-    const s = { ...params(), id: String(h.id), view: "search" };
-    a.href = urlFor(s);
-    a.title = h.path;
-    const img = document.createElement("img");
-    img.loading = "lazy";
-    img.src = "/api/image/" + h.id;
-    img.alt = basename(h.path);
-    img.onerror = () => { img.onerror = null; img.src = "/api/thumb/" + h.id; };
-    const d = document.createElement("div");
-    d.className = "d";
-    d.textContent = "#" + h.rank + "  " + (bits ? h.distance + " bits" : h.distance.toFixed(3));
-    const n = document.createElement("div");
-    n.className = "n";
-    n.textContent = parent(h.path) + "/" + basename(h.path);
-    a.append(img, d, n);
-    a.addEventListener("click", (ev) => {
-      if (ev.ctrlKey || ev.metaKey || ev.shiftKey) return; // a new tab: let the link go
-      ev.preventDefault();
-      go({ ...params(), id: String(h.id), view: "search" });
-    });
-    grid.append(a);
+    const d = bits ? h.distance + " bits" : h.distance.toFixed(3);
+    grid.append(photoLink(h.id, h.path, "#" + h.rank + "  " + d));
   }
   const note = res.precision ? ` (query ${res.precision}, index ${res.index_precision})` : "";
   status(res.neighbours.length + " nearest" + note);
 }
+
+// -- a photo as a link that searches from it ("more like this")
+
+function photoLink(id, path, caption) {
+  const a = document.createElement("a");
+  a.className = "hit";
+  a.dataset.id = id;
+  const s = { ...params(), id: String(id), view: "search" };
+  a.href = urlFor(s);
+  a.title = path;
+  const img = document.createElement("img");
+  img.loading = "lazy";
+  img.src = "/api/image/" + id;
+  img.alt = basename(path);
+  img.onerror = () => { img.onerror = null; img.src = "/api/thumb/" + id; };
+  const d = document.createElement("div");
+  d.className = "d";
+  d.textContent = caption;
+  const n = document.createElement("div");
+  n.className = "n";
+  n.textContent = parent(path) + "/" + basename(path);
+  a.append(img, d, n);
+  a.addEventListener("click", (ev) => {
+    if (ev.ctrlKey || ev.metaKey || ev.shiftKey) return; // a new tab: let the link go
+    ev.preventDefault();
+    go({ ...params(), id: String(id), view: "search" });
+  });
+  return a;
+}
+
+// -- the photos of a class (their top-5 classes, from fc8 at index time)
+
+async function searchLabel(word, k) {
+  status("looking for " + word + "…");
+  $("query").hidden = true;
+  $("results").replaceChildren();
+  $("label-head").hidden = true;
+  try {
+    const r = await fetch("/api/label?" + new URLSearchParams({ word, k: String(k) }));
+    const j = await r.json();
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    $("label-head").hidden = false;
+    $("label-head").textContent = `class "${j.label}": ${j.classes.join(", ")}` +
+      (j.unlabelled ? ` (${j.unlabelled} photos not labelled yet)` : "");
+    $("results").replaceChildren(...j.photos.map((h) =>
+      photoLink(h.id, h.path, `${h.label} ${(h.prob * 100).toFixed(1)}%`)));
+    status(j.photos.length + " photos of " + j.classes.join(", "));
+  } catch (e) {
+    status(e.message, true);
+  }
+}
+
+$("label-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const word = $("label-word").value.trim();
+  if (!word) { status("type a class name, such as cat", true); return; }
+  go({ ...params(), id: null, label: word, view: "search" });
+});
+
+// -- duplicates: groups found by the library, read-only here
+
+// Asked again each time the tab opens: the server keeps each tier's groups until the
+// index publishes a new generation, so this is cheap and never stale.
+let dupAsked = 0; // only the latest answer is drawn (the tier may change while one runs)
+
+async function loadDuplicates() {
+  const tier = $("dup-tier").value;
+  const asked = ++dupAsked;
+  $("dup-status").textContent = "looking for duplicates…";
+  $("dup-groups").replaceChildren();
+  try {
+    const r = await fetch("/api/duplicates?" + new URLSearchParams({ tier }));
+    const j = await r.json();
+    if (asked !== dupAsked) return;
+    if (!r.ok) throw new Error(j.error || r.statusText);
+    $("dup-groups").replaceChildren(...j.groups.map((g) => {
+      const box = document.createElement("div");
+      box.className = "dup-group";
+      box.dataset.tier = g.tier;
+      const head = document.createElement("div");
+      head.className = "head";
+      head.textContent = `${g.tier} · ${g.files.length} photos · keep ${basename(g.keep)}`;
+      const row = document.createElement("div");
+      row.className = "dup-row";
+      row.append(...g.files.map((f, i) => {
+        const a = photoLink(f.id, f.path,
+          (i === 0 ? "keep · " : "") + `${g.tier} ${f.distance.toFixed(3)}`);
+        if (i === 0) a.classList.add("keep");
+        return a;
+      }));
+      box.append(head, row);
+      return box;
+    }));
+    $("dup-status").textContent = `${j.groups.length} groups, ${j.duplicates} duplicates ` +
+      `among ${j.files} photos (${j.tiers.join(", ")}; keep: ${j.keep_rule})`;
+  } catch (e) {
+    if (asked !== dupAsked) return;
+    $("dup-status").textContent = "no duplicates: " + e.message;
+  }
+}
+
+$("dup-tier").addEventListener("change", loadDuplicates);
 
 function go(s) {
   history.pushState(stateOf(s), "", urlFor(s));
@@ -176,7 +262,11 @@ function render(s, st) {
     renderResults(st.upload.res, s.mode);
   } else if (s.id !== null && s.id !== "") {
     searchId(s.id, s.k, s.mode);
+  } else if (s.label && s.view === "search") {
+    $("label-word").value = s.label;
+    searchLabel(s.label, s.k);
   } else {
+    $("label-head").hidden = true;
     $("query").hidden = true;
     $("results").replaceChildren();
     status("");
