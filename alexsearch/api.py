@@ -248,20 +248,7 @@ class MultiIndex:
             first = self.parts[0]
             with first._lock:
                 embedder = first._embedder_for(first._current())
-            results, searched, vecs = [], [], []
-            for img in images:
-                if isinstance(img, bytes):
-                    res, source = QueryResult(query=""), io.BytesIO(img)
-                else:
-                    res = QueryResult(query=os.path.abspath(img))
-                    source = res.query
-                results.append(res)
-                try:
-                    vecs.append(embedder.embed(source))
-                except ImageError as e:
-                    res.error = str(e)
-                    continue
-                searched.append(res)
+            results, searched, vecs = _embed_images(embedder, images)
         if searched:
             per_index = []
             with self._locked() as snaps:
@@ -379,20 +366,8 @@ class Index:
                     raise UserError("query vectors are searched as fc7, not as binary codes")
                 return self._query_vectors(snap, images, k, space, expand, match)
             embedder = self._embedder_for(snap)
-        results, vecs, searched = [], [], []
-        for img in images:  # outside the lock: other threads' queries go on meanwhile
-            if isinstance(img, bytes):
-                res, source = QueryResult(query=""), io.BytesIO(img)
-            else:
-                res = QueryResult(query=os.path.abspath(img))
-                source = res.query
-            results.append(res)
-            try:
-                vecs.append(embedder.embed(source))
-            except ImageError as e:
-                res.error = str(e)
-                continue
-            searched.append(res)
+        # outside the lock: other threads' queries go on meanwhile
+        results, searched, vecs = _embed_images(embedder, images)
         with self._lock:
             snap = self._current()
             exclude = [
@@ -710,6 +685,27 @@ class Index:
         if row is None:
             raise NotFoundError(f"{self.dir}: no indexed file with id {file_id}")
         return row
+
+
+def _embed_images(embedder, images):
+    """fc7 of each query image (a path or the bytes of an upload): a result per image,
+    the results that could be embedded, and their vectors in the same order (an image
+    that cannot be decoded keeps its error in its result)."""
+    results, searched, vecs = [], [], []
+    for img in images:
+        if isinstance(img, bytes):
+            res, source = QueryResult(query=""), io.BytesIO(img)
+        else:
+            res = QueryResult(query=os.path.abspath(img))
+            source = res.query
+        results.append(res)
+        try:
+            vecs.append(embedder.embed(source))
+        except ImageError as e:
+            res.error = str(e)
+            continue
+        searched.append(res)
+    return results, searched, vecs
 
 
 def _space_for(snap: Snapshot, space, expand, binary, rerank, label=None) -> tuple[str, int]:

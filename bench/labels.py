@@ -20,28 +20,13 @@ and prints each per photo beside the forward's own cost per photo on this machin
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-
-def cpu_description() -> str:
-    from alexsearch.net.precision import cpu_flags
-
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    flags = cpu_flags()
-    shown = sorted(f for f in flags if f.startswith(("avx", "amx")) or f in ("fma", "sse4_2"))
-    return f"{model}, {os.cpu_count()} cores; flags: {' '.join(shown)}"
+from index_throughput import cpu_description  # bench/: the CPU and its flags
 
 
 def synthetic_catalogue(path: Path, n: int, dim: int = 4096):

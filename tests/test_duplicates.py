@@ -93,21 +93,27 @@ def test_a_zero_threshold_and_similar_tier(library):
     assert tight.thresholds.near_fc7 == 0.0
 
 
+def _photos_on_an_arc(degrees, seed):
+    """Photos whose fc7 lie at `degrees` on an arc of one plane (the first ones, in that
+    order, ids 0...), among 200 unrelated random ones; all hashes 0, file sizes falling."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(200, 64)).astype(np.float32)  # unrelated photos around
+    u, w = np.eye(64, dtype=np.float32)[:2]
+    arc = np.stack([np.cos(a) * u + np.sin(a) * w for a in np.radians(degrees)]) * 60
+    vec = np.concatenate([arc, base])
+    n = len(vec)
+    return dup.Photos(
+        np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
+        np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
+    )  # fmt: skip
+
+
 def test_groups_do_not_chain():
     """A - B - C - D on a line: each is close to the next, no two others are close.
     Connected components (what imagededup does) would make one group of all four; here
     a photo joins only when it is close to the group's representative."""
-    rng = np.random.default_rng(0)
-    base = rng.normal(size=(200, 64)).astype(np.float32)  # unrelated photos around
-    u, w = np.eye(64, dtype=np.float32)[:2]
-    angles = np.radians([0, 12, 24, 36])  # neighbours 0.022 apart, the others >= 0.086
-    line = np.stack([np.cos(a) * u + np.sin(a) * w for a in angles]) * 60
-    vec = np.concatenate([line, base])
-    n = len(vec)
-    photos = dup.Photos(
-        np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
-        np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
-    )  # fmt: skip
+    # neighbours 0.022 apart, the others >= 0.086
+    photos = _photos_on_an_arc([0, 12, 24, 36], seed=0)
     unit = dup.centred_unit(photos)
     d = 1 - unit[:4] @ unit[:4].T
     close = d <= 0.05
@@ -127,17 +133,8 @@ def test_groups_do_not_chain():
 def test_similar_tier_only_when_asked_and_after_near():
     """A photo close to another (near) and a third a little further (similar): the
     default shows only the near pair; --tier similar adds the third in its own tier."""
-    rng = np.random.default_rng(1)
-    base = rng.normal(size=(200, 64)).astype(np.float32)
-    u, w = np.eye(64, dtype=np.float32)[:2]
-    angles = np.radians([0, 8, 30])  # cosine distances 0.010 and 0.134 from the first
-    pts = np.stack([np.cos(a) * u + np.sin(a) * w for a in angles]) * 60
-    vec = np.concatenate([pts, base])
-    n = len(vec)
-    photos = dup.Photos(
-        np.arange(n), [f"{i}.jpg" for i in range(n)], vec, np.zeros((n, 8), np.uint8),
-        np.zeros(n, bool), [f"d{i}" for i in range(n)], np.arange(n, 0, -1), np.zeros(n),
-    )  # fmt: skip
+    # cosine distances 0.010 and 0.134 from the first
+    photos = _photos_on_an_arc([0, 8, 30], seed=1)
     # two unrelated-looking vectors with the same pHash: near by pHash alone
     photos.hashes[3:5] = 0b10110011
     photos.has_hash[3:5] = True

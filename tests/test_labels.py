@@ -46,7 +46,15 @@ def setup(tmp_path_factory):
     photos = root / "photos"
     make(photos, per_class=2, seed=4)
     ckpt = checkpoint.init_checkpoint(len(NAMES), seed=1, classes=NAMES)
-    net = NumpyNet.of(checkpoint.read(_saved(ckpt, root / "base.ckpt")))
+    weight, bias = plant_fc8(ckpt, root / "base.ckpt", photos)
+    return photos, _saved(ckpt, root / "planted.ckpt"), weight, bias
+
+
+def plant_fc8(ckpt, base: Path, photos: Path):
+    """Plant ckpt's fc8 (saved once at `base` to embed with): class c's row is photo 000
+    of shape c (its fc7 less their mean), so that photo's top class is its own; the
+    classes past the shapes never reach a top-5. Returns (weight, bias)."""
+    net = NumpyNet.of(checkpoint.read(_saved(ckpt, base)))
     fc7 = np.stack([net.embed(str(photos / s / "000.jpg"), 100) for s in SHAPES])
     mean = fc7.mean(0)
     rows = fc7 - mean
@@ -57,7 +65,7 @@ def setup(tmp_path_factory):
     bias[len(SHAPES) :] = -1e4
     ckpt.state_dict["fc8.weight"].copy_(torch.from_numpy(weight))
     ckpt.state_dict["fc8.bias"].copy_(torch.from_numpy(bias.astype(np.float32)))
-    return photos, _saved(ckpt, root / "planted.ckpt"), weight, bias
+    return weight, bias
 
 
 def _saved(ckpt, path: Path) -> Path:

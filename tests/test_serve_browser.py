@@ -200,29 +200,14 @@ def test_binary_codes_made_while_serving(served, driver):
 
 
 def _planted_checkpoint(photos, path):
-    """The init checkpoint with fc8 planted as tests/test_labels.py plants it: class c's
-    row is photo 000 of shape c (its fc7 less their mean), so that photo's top class is
-    its own ("tabby" for red_circles)."""
-    import numpy as np
-    import torch
-    from test_labels import NAMES, SHAPES
+    """The init checkpoint with fc8 planted as tests/test_labels.py plants it, so photo 000
+    of each shape has its own class on top ("tabby" for red_circles)."""
+    from test_labels import NAMES, plant_fc8
 
-    from alexsearch.net.numpy_net import NumpyNet
     from alexsearch.weights import checkpoint
 
     ckpt = checkpoint.init_checkpoint(len(NAMES), seed=1, classes=NAMES)
-    checkpoint.save(ckpt, path)
-    net = NumpyNet.of(checkpoint.read(path))
-    fc7 = np.stack([net.embed(str(photos / s / "000.jpg"), 100) for s in SHAPES])
-    mean = fc7.mean(0)
-    rows = fc7 - mean
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    weight = np.zeros((len(NAMES), fc7.shape[1]), np.float32)
-    weight[: len(SHAPES)] = rows / norms * (4.0 / np.median(norms))
-    bias = -(weight @ mean)
-    bias[len(SHAPES) :] = -1e4
-    ckpt.state_dict["fc8.weight"].copy_(torch.from_numpy(weight))
-    ckpt.state_dict["fc8.bias"].copy_(torch.from_numpy(bias.astype(np.float32)))
+    plant_fc8(ckpt, path, photos)
     checkpoint.save(ckpt, path)
     return path
 

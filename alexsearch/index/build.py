@@ -182,6 +182,12 @@ def run(
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
+    return describe_published(summary, manifest, t0)
+
+
+def describe_published(summary, manifest: Manifest, t0: float):
+    """Fill a summary's (index's or merge's) fields that the published manifest decides,
+    and the seconds since t0."""
     summary.kind = manifest.kind
     summary.fingerprint = manifest.model.fingerprint
     summary.weights = manifest.model.weights

@@ -83,7 +83,7 @@ def check_compatible(ref: Manifest, ref_dir: Path, m: Manifest, d: Path) -> None
 
 def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> MergeSummary:
     """Merge the published indexes `shard_dirs` into the index at `out_dir`."""
-    from .build import publish
+    from .build import describe_published, publish
 
     t0 = time.perf_counter()
     dirs = [Path(d) for d in shard_dirs]
@@ -141,13 +141,7 @@ def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> Mer
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
-    summary.kind = out.kind
-    summary.fingerprint = out.model.fingerprint
-    summary.weights = out.model.weights
-    summary.precision = out.precision
-    summary.space = out.describe_space()
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return describe_published(summary, out, t0)
 
 
 def _is_empty(path: Path) -> bool:
