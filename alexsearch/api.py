@@ -38,7 +38,7 @@ def build_index(
     index: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
     device: str = "auto",
-    kind: str = "flat",
+    kind: str | None = None,
     progress: Progress | None = None,
     *,
     max_memory: int | str | None = None,
@@ -53,6 +53,9 @@ def build_index(
     space: str | None = None,
     space_dim: int | None = None,
     shard: str | tuple[int, int] | None = None,
+    train_only: bool = False,
+    sample: int | None = None,
+    trained: str | os.PathLike | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -65,7 +68,14 @@ def build_index(
     "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
     whitened dimension (default 256). shard: "I/N" or (I, N), only the photos whose
     path relative to its root hashes to shard I of N (index/shards.py): an ordinary
-    index of that shard, which merge_indexes() unions with the others.
+    index of that shard, which merge_indexes() unions with the others. kind: "flat"
+    (exact), "hnsw", "ivfpq", "ivfsq" or "auto"; None keeps the index's, flat for a new one.
+
+    train_only: index a sample of the photos (`sample` of them, default 50,000, the
+    same on every machine) and learn from it, once, an IVF training for the whole
+    collection (kind "ivfpq" or "ivfsq"). trained: such an index; this one then copies
+    its training and adds its vectors to it instead of training, so shards built from
+    one training merge without training or encoding again (index/training.py).
 
     Under torchrun (RANK, WORLD_SIZE set) each process indexes shard RANK/WORLD_SIZE
     under `index`/shards and rank 0 merges them into `index` (index/distributed.py):
@@ -78,6 +88,8 @@ def build_index(
     if distributed.under_torchrun():
         if shard is not None:
             raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
+        if train_only:
+            raise UserError("--train-only: run it once, without torchrun, then pass --trained")
         run = distributed.build
     return run(
         [Path(p) for p in paths],
@@ -97,7 +109,12 @@ def build_index(
         precision=precision,
         space=space,
         space_dim=space_dim,
-        **({} if run is not build.run else {"shard": shards.parse_shard(shard)}),
+        trained=None if trained is None else Path(trained),
+        **(
+            {}
+            if run is not build.run
+            else {"shard": shards.parse_shard(shard), "train_only": train_only, "sample": sample}
+        ),
     )
 
 
