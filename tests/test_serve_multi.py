@@ -251,3 +251,36 @@ def test_serve_refuses_indexes_that_cannot_be_compared(shards, tmp_path, capsys)
     one_line_error(r, "named twice")
     r = run_in_process(capsys, "serve", "--index", s0, "--index", tmp_path / "none", check=False)
     one_line_error(r, "no index at")
+
+
+def test_serve_command_over_two_indexes(shards):
+    """The real command: it names both indexes and their total, and answers over both."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from helpers import SAFETY_TIMEOUT, no_traceback
+
+    s0, s1 = shards["parts"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "alexsearch", "serve", "--index", str(s0), "--index", str(s1),
+         "--weights", str(shards["weights"]), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = p.stdout.readline()
+        assert f"serving {s0}, {s1} (18 photos in 2 indexes) at http://" in line, line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "api/info", timeout=60) as r:
+            assert [x["files"] for x in json.load(r)["parts"]] == [
+                len(ids_by_path(s0)), len(ids_by_path(s1))
+            ]  # fmt: skip
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=SAFETY_TIMEOUT)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err
+    no_traceback(subprocess.CompletedProcess(p.args, p.returncode, out, err))
