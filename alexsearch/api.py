@@ -321,6 +321,7 @@ class MultiIndex:
         self.parts[0].load_network()
 
     def path(self, ref) -> str:
+        """The path of photo `ref` ("PART:ID")."""
         part, file_id = self._resolve(ref)
         return self.parts[part].path(file_id)
 
@@ -355,10 +356,7 @@ class MultiIndex:
         from .index import multi
 
         if isinstance(ref, tuple):
-            part, file_id = (int(x) for x in ref)
-            if not 0 <= part < len(self.parts):
-                raise NotFoundError(f"no index {part}: the parts are 0 to {len(self.parts) - 1}")
-            return part, file_id
+            return multi.parse_ref(multi.ref(*(int(x) for x in ref)), len(self.parts))
         return multi.parse_ref(ref, len(self.parts))
 
     def _search_all(self, searched, vecs, k, include_self, space) -> None:

@@ -172,6 +172,8 @@ def test_label_combines_the_parts_by_probability(client, shards):
         ("/api/image/0:999999", (404,)),  # no such id in that index
         ("/api/thumb/1:999999", (404,)),
         ("/api/image/0:99999999999999999999999", (404,)),  # out of range
+        ("/api/thumb/0:" + "9" * 5000, (404,)),  # past what int() parses
+        ("/api/thumb/" + "9" * 5000 + ":1", (404,)),
         ("/api/image/3", (400,)),  # a bare id is ambiguous over several indexes
         ("/api/thumb/abc", (400,)),
         ("/api/image/-1:2", (400,)),
@@ -195,6 +197,7 @@ def test_hostile_references_are_refused(client, url, statuses):
     [
         ({"id": "5:1"}, 404, "no index 5"),
         ({"id": "0:99999"}, 404, "no indexed file"),
+        ({"id": "0:" + "9" * 5000}, 404, "no indexed file"),
         ({"id": 3}, 400, "PART:ID"),
         ({"id": "x"}, 400, "PART:ID"),
         ({"id": "0:1", "binary": True}, 400, "alexsearch merge"),

@@ -119,12 +119,11 @@ def parse_ref(text, parts: int) -> tuple[int, int]:
         raise UserError(
             f"a photo over several indexes is named PART:ID (such as 0:12); got {t[:40]!r}"
         )
-    part, file_id = int(head), int(tail)
-    if part >= parts:
-        raise NotFoundError(f"no index {part}: the parts are 0 to {parts - 1}")
-    if file_id >= 2**62:
-        raise NotFoundError(f"no indexed file with id {file_id} in index {part}")
-    return part, file_id
+    if len(head) > 6 or int(head) >= parts:
+        raise NotFoundError(f"no index {head[:12]}: the parts are 0 to {parts - 1}")
+    if len(tail) > 18:  # past any catalogue id (SQLite's are 64-bit)
+        raise NotFoundError(f"no indexed file with id {tail[:24]}... in index {head}")
+    return int(head), int(tail)
 
 
 def describe(infos: list[dict]) -> dict:
