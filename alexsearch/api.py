@@ -266,21 +266,134 @@ class MultiIndex:
             with first._lock:
                 embedder = first._embedder_for(first._current())
             results, searched, vecs = _embed_images(embedder, images)
-        if searched:
-            per_index = []
-            with self._locked() as snaps:
-                for snap in snaps:
-                    exclude = [
-                        None if include_self or not r.query else snap.catalogue.id_of(r.query)
-                        for r in searched
-                    ]
-                    per_index.append(snap.search(np.stack(vecs), k, exclude, space, 0))
-            labels = [str(p.dir) for p in self.parts]
-            for i, res in enumerate(searched):
-                res.hits = multi.combine([found[i] for found in per_index], labels, k)
+        self._search_all(searched, vecs, k, include_self, space)
         for res in results:
             res.space, res.expand = space, 0
         return results
+
+    def query_ids(
+        self,
+        refs,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int | None = None,
+        include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
+    ) -> list[QueryResult]:
+        """query() for photos already in the indexes, each named "PART:ID" (its index's
+        position and its catalogue id there; or a (part, id) pair): its stored fc7
+        searched in every index, itself left out unless `include_self`. NotFoundError for
+        a part or id that names no indexed file; UserError for a malformed name."""
+        from .index import multi
+
+        if isinstance(refs, (str, tuple)):
+            refs = [refs]
+        _check_k(k, rerank)
+        multi.check_options(binary, rerank, expand)
+        with self._locked() as snaps:
+            space = multi.common_space([p.dir for p in self.parts], [s.manifest for s in snaps],
+                                       space)  # fmt: skip
+            results, vecs = [], []
+            for r in refs:
+                part, file_id = self._resolve(r)
+                cat = snaps[part].catalogue
+                path, vec = cat.ok_path(file_id), cat.vector_of(file_id)
+                if path is None or vec is None:
+                    raise NotFoundError(f"no indexed file with id {file_id} in index {part}")
+                results.append(QueryResult(query=path))
+                vecs.append(vec)
+        self._search_all(results, vecs, k, include_self, space)
+        for res in results:
+            res.space, res.expand = space, 0
+        return results
+
+    def query_label(self, word: str, k: int = 20, min_prob: float = 0.0) -> LabelResult:
+        """Index.query_label() over every index: the k most probable photos of them all
+        (each hit naming its index and part); the probabilities come from the same
+        weights' fc8 in every index, so they compare as they are."""
+        from .index import multi
+
+        _check_k(k, None)
+        found = [p.query_label(word, k, min_prob) for p in self.parts]
+        return multi.combine_labels(found, [str(p.dir) for p in self.parts], k)
+
+    def info(self) -> dict:
+        """What the indexes are together: totals of files, failures (each naming its
+        index) and bytes, what they share, and each one's own `info()` under `parts`."""
+        from .index import multi
+
+        return multi.describe([p.info() for p in self.parts])
+
+    def generation(self) -> tuple[int, ...]:
+        """Each index's current generation (each follows its own updates)."""
+        return tuple(p.generation() for p in self.parts)
+
+    def codes(self) -> None:
+        """None: binary codes belong to one index each (merge to search them)."""
+        return None
+
+    def load_network(self) -> None:
+        """Load the network now and check it against the indexes (they share weights)."""
+        self.parts[0].load_network()
+
+    def path(self, ref) -> str:
+        """The path of photo `ref` ("PART:ID")."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].path(file_id)
+
+    def thumbnail_png(self, ref) -> bytes:
+        """The stored thumbnail (PNG) of photo `ref` ("PART:ID")."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].thumbnail_png(file_id)
+
+    def image(self, ref) -> tuple[bytes, str]:
+        """Index.image() of photo `ref` ("PART:ID"), read only from inside its index's
+        indexed folders."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].image(file_id)
+
+    def kernels_png(self) -> bytes:
+        """The conv1 kernels of the indexes' weights (one set: they share weights)."""
+        return self.parts[0].kernels_png()
+
+    def duplicates(self, *args, **kwargs):
+        """Refused: duplicates are found among one index's photos."""
+        from .index import multi
+
+        raise UserError(f"duplicates are found within one index: {multi.MERGE_FIRST}")
+
+    def tsne_map(self, *args, **kwargs):
+        """Refused: the t-SNE map is laid out over one index's photos."""
+        from .index import multi
+
+        raise UserError(f"the t-SNE map is drawn over one index: {multi.MERGE_FIRST}")
+
+    def _resolve(self, ref) -> tuple[int, int]:
+        from .index import multi
+
+        if isinstance(ref, tuple):
+            return multi.parse_ref(multi.ref(*(int(x) for x in ref)), len(self.parts))
+        return multi.parse_ref(ref, len(self.parts))
+
+    def _search_all(self, searched, vecs, k, include_self, space) -> None:
+        """Fill each result's hits: the k nearest of its vector over every index, an
+        indexed query (by its path) left out of its own results unless include_self."""
+        from .index import multi
+
+        if not searched:
+            return
+        per_index = []
+        with self._locked() as snaps:
+            for snap in snaps:
+                exclude = [
+                    None if include_self or not r.query else snap.catalogue.id_of(r.query)
+                    for r in searched
+                ]
+                per_index.append(snap.search(np.stack(vecs), k, exclude, space, 0))
+        labels = [str(p.dir) for p in self.parts]
+        for i, res in enumerate(searched):
+            res.hits = multi.combine([found[i] for found in per_index], labels, k)
 
     def _locked(self):
         """Every part's current snapshot, each under its lock, as a context manager."""
