@@ -380,11 +380,11 @@ def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
         before = db.execute(
             "SELECT COUNT(*) FROM files WHERE path IN (SELECT path FROM temp.seen)"
         ).fetchone()[0]
-        changes = db.total_changes
+        written = 0  # rows inserted or updated (rowcount: not the labels' triggers' deletes)
         for d in dirs:
             src = Catalogue(d / "catalogue.sqlite", readonly=True)
             try:
-                db.executemany(
+                written += db.executemany(
                     f"INSERT INTO files ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, digest=excluded.digest, status=excluded.status,"
@@ -393,10 +393,9 @@ def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
                     " OR files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
                     "OR files.status != excluded.status",
                     src.db.execute(f"SELECT {COLUMNS} FROM files ORDER BY id"),
-                )
+                ).rowcount
             finally:
                 src.close()
-        written = db.total_changes - changes
         for d in dirs:  # after the files: a changed vector's trigger dropped its labels
             _copy_labels(db, d / "catalogue.sqlite")
         summary.added = seen - before
