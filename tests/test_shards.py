@@ -421,3 +421,22 @@ def test_a_rank_takes_the_gpu_of_its_local_rank_not_of_its_rank(monkeypatch):
         distributed.rank_device("cuda")
     with pytest.raises(UserError, match="each rank takes its own GPU"):
         distributed.rank_device("cuda:3")
+
+
+def test_rank_0_sees_a_shard_folder_only_by_this_runs_token(tmp_path):
+    """What the torchrun check reads (the two-node test above runs it end to end): a
+    folder holding the token its rank sent is seen; a missing folder, an old token or
+    another's are not, and the line before the merge says how to merge by hand."""
+    from alexsearch.index import distributed
+
+    out = tmp_path / "out"
+    tokens = [distributed.write_token(out, r, 3) for r in range(3)]
+    assert len(set(tokens)) == 3 and distributed.unseen_shards(out, tokens, 0) == []
+    old = tokens[1]
+    assert distributed.write_token(out, 1, 3) != old  # a fresh token a run
+    assert distributed.unseen_shards(out, tokens, 0) == [1]
+    shutil.rmtree(out / "shards" / "rank-2-of-3")
+    assert distributed.unseen_shards(out, tokens, 0) == [1, 2]
+    line = distributed.not_shared(out, [1, 2], ["a", "b", "c"], merging=True)
+    assert "rank 0 on a cannot see the shard folder of rank 1 on b, rank 2 on c" in line
+    assert f"alexsearch merge {out}/shards/rank-*-of-3 --index {out}" in line

@@ -86,18 +86,25 @@ def write_token(out_dir: Path, rank: int, world: int) -> str:
     return token
 
 
-def unseen_shards(out_dir: Path, tokens: list[str]) -> list[int]:
+def unseen_shards(out_dir: Path, tokens: list[str], again_after: float = 2.0) -> list[int]:
     """The ranks whose token this process does not read in their shard folder under
-    out_dir: folders it cannot see (not there, or an old copy)."""
+    out_dir: folders it cannot see (not there, or an old copy). Those missing are read
+    once more after `again_after` seconds, their folders listed first: a network file
+    system's client may answer from a cache of what the folder held a moment ago."""
     world = len(tokens)
-    missing = []
-    for r, token in enumerate(tokens):
+
+    def read(r: int) -> str | None:
+        d = shard_dir(out_dir, r, world)
         try:
-            seen = (shard_dir(out_dir, r, world) / TOKEN).read_text().strip()
+            os.listdir(d)  # opening the folder revalidates it (NFS close-to-open)
+            return (d / TOKEN).read_text().strip()
         except (OSError, UnicodeDecodeError):
-            seen = None
-        if seen != token:
-            missing.append(r)
+            return None
+
+    missing = [r for r, t in enumerate(tokens) if read(r) != t]
+    if missing and again_after:
+        time.sleep(again_after)
+        missing = [r for r in missing if read(r) != tokens[r]]
     return missing
 
 
