@@ -3,6 +3,7 @@
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +20,7 @@ from helpers import SAFETY_TIMEOUT, one_line_error, run_in_process
 from make_shapes import make
 
 import alexsearch
+from alexsearch.index import distributed
 from alexsearch.index.catalogue import Catalogue
 
 
@@ -325,7 +327,7 @@ def two_nodes(photos, outs, env, logs: Path):
     rendezvous on a free port, node 0 hosting it): node N runs `alexsearch index PHOTOS
     --index outs[N]`, its worker's stdout and stderr kept apart under logs/nodeN (the
     launcher's own report of a failed worker would hide them). Returns, per node, the
-    exit code and what its worker wrote: [(code, stdout, stderr)]."""
+    exit code, what its worker wrote and the launcher's log: [(code, stdout, stderr, log)]."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -346,7 +348,8 @@ def two_nodes(photos, outs, env, logs: Path):
             (path,) = (logs / f"node{node}").rglob(name)
             return path.read_text()
 
-        got.append((p.returncode, worker("stdout.log"), worker("stderr.log")))
+        launcher = (logs / f"launcher{node}.log").read_text()
+        got.append((p.returncode, worker("stdout.log"), worker("stderr.log"), launcher))
     return got
 
 
@@ -360,7 +363,7 @@ def test_two_torchrun_nodes_sharing_out_index_like_one_process_and_refuse_an_out
     (tmp_path / "mnt").symlink_to(out)
     (tmp_path / "logs").mkdir()
     nodes = two_nodes(built["photos"], [out, tmp_path / "mnt"], env, tmp_path / "logs")
-    (c0, out0, err0), (c1, out1, err1) = nodes
+    (c0, out0, _, _), (c1, out1, _, _) = nodes
     assert (c0, c1) == (0, 0), nodes
     summary = json.loads(out0)  # node 0 alone prints the summary
     assert out1 == "" and summary["total_ok"] == 18 and summary["extracted"] == 18
@@ -370,22 +373,27 @@ def test_two_torchrun_nodes_sharing_out_index_like_one_process_and_refuse_an_out
         assert sorted(by_path(out / "shards" / f"rank-{rank}-of-2")) == sorted(
             by_path(built[shard])
         )
-    # the shards merge by hand alike, their run tokens beside them
+    # each rank removed its run's token file; the shards merge by hand alike, with one
+    # left beside a shard as by a rank killed
+    assert not list((out / "shards").rglob(".torchrun-*"))
+    distributed.write_token(out, 1, 2)
     r = run_in_process(capsys, "merge", *sorted((out / "shards").glob("rank-*")), "--index",
                        tmp_path / "by-hand", "--json")  # fmt: skip
     assert json.loads(r.stdout)["total_ok"] == 18
     same_vectors(by_path(tmp_path / "by-hand"), by_path(built["all"]))
 
     # each node on its own disk: node 0's OUT holds an old copy of rank 1's shard (the
-    # path rank 1 writes to, as node 0 names it), node 1 writes to its own OUT
+    # path rank 1 writes to, as node 0 names it; an old token file in it), node 1 writes
+    # to its own OUT
     alone, other = tmp_path / "alone", tmp_path / "other-disk"
     stale = alone / "shards" / "rank-1-of-2"
     shutil.copytree(out / "shards" / "rank-1-of-2", stale)
     before = ids_by_path(stale)
     (tmp_path / "logs2").mkdir()
     nodes = two_nodes(built["photos"], [alone, other], env, tmp_path / "logs2")
-    for code, stdout, stderr in nodes:  # every rank stops, one line, before extracting
+    for code, stdout, stderr, launcher in nodes:  # every rank stops, one line, first
         assert code != 0 and stdout == "", nodes
+        assert re.search(r"exitcode\s*:\s*2\b", launcher), launcher  # the worker's: 2
         one_line_error(
             subprocess.CompletedProcess((), 2, stdout, stderr),
             f"cannot see the shard folder of rank 1 on {socket.gethostname()}",
@@ -404,7 +412,6 @@ def test_a_rank_takes_the_gpu_of_its_local_rank_not_of_its_rank(monkeypatch):
     import torch
 
     from alexsearch.errors import UserError
-    from alexsearch.index import distributed
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -425,15 +432,15 @@ def test_a_rank_takes_the_gpu_of_its_local_rank_not_of_its_rank(monkeypatch):
 
 def test_rank_0_sees_a_shard_folder_only_by_this_runs_token(tmp_path):
     """What the torchrun check reads (the two-node test above runs it end to end): a
-    folder holding the token its rank sent is seen; a missing folder, an old token or
-    another's are not, and the line before the merge says how to merge by hand."""
-    from alexsearch.index import distributed
-
+    folder holding the token file its rank sent is seen; a missing folder, or one
+    holding only another run's token, is not; and the line before a merge says how to
+    merge by hand."""
     out = tmp_path / "out"
     tokens = [distributed.write_token(out, r, 3) for r in range(3)]
     assert len(set(tokens)) == 3 and distributed.unseen_shards(out, tokens, 0) == []
-    old = tokens[1]
-    assert distributed.write_token(out, 1, 3) != old  # a fresh token a run
+    other_run = distributed.write_token(out, 1, 3)  # a second run there: both seen
+    assert other_run not in tokens and distributed.unseen_shards(out, tokens, 0) == []
+    distributed.drop_token(out, 1, 3, tokens[1])
     assert distributed.unseen_shards(out, tokens, 0) == [1]
     shutil.rmtree(out / "shards" / "rank-2-of-3")
     assert distributed.unseen_shards(out, tokens, 0) == [1, 2]

@@ -14,12 +14,15 @@ A rank killed midway leaves the shards of the others complete and its own with w
 committed; running the same command again extracts only what is missing (each shard is
 incremental) and merges. Multi-node works the same with torchrun's rendezvous flags, if
 OUT is on storage every node sees: rank 0 reads the other ranks' shards from its own
-OUT. Each rank writes a fresh random token into its shard folder (TOKEN) and sends it
-to the others; rank 0 must read every rank's token there, before anyone extracts and
-again before it merges, else every rank stops with one line naming the folders it
-cannot see. A token proves the folder is the one the rank wrote in this run, whatever
-each node calls OUT (mount points differ) and whatever an old copy holds; comparing the
-path strings proves neither.
+OUT. Each rank writes a file named by a fresh random token into its shard folder
+(TOKEN) and sends the token to the others; rank 0 must find every rank's there, before
+anyone extracts and again before it merges, else every rank stops with one line naming
+the folders it cannot see. A token proves the folder is the one the rank wrote in this
+run, whatever each node calls OUT (mount points differ) and whatever an old copy holds;
+comparing the path strings proves neither. Named by the token, a run's file is never
+replaced by another run's (a second run started on the same OUT by mistake fails on the
+shards' locks, and must not make the first fail its check); each rank removes its own
+when the run ends.
 """
 
 from __future__ import annotations
@@ -38,10 +41,11 @@ from ..errors import UserError
 # hours apart (torch's default, 30 minutes, would end the fastest ranks first).
 BARRIER_TIMEOUT = timedelta(days=7)
 SUMMED = ("added", "updated", "moved", "deleted", "unchanged", "extracted")
-# In each shard folder: the run's token of the rank that writes there. Neither a photo
-# (it is under OUT, not PHOTOS) nor part of an index: merge reads only the manifest and
-# catalogue of a shard, so `alexsearch merge OUT/shards/rank-*` by hand ignores it.
-TOKEN = ".torchrun-token"
+# In each shard folder while a run lasts: a file named by the token of the rank that
+# writes there (holding its host's name). Neither a photo (it is under OUT, not PHOTOS)
+# nor part of an index: merge reads only the manifest and catalogue of a shard, so
+# `alexsearch merge OUT/shards/rank-*` by hand ignores it.
+TOKEN = ".torchrun-{}"
 
 
 def under_torchrun() -> bool:
@@ -77,34 +81,43 @@ def rank_device(device: str) -> str:
 
 
 def write_token(out_dir: Path, rank: int, world: int) -> str:
-    """A fresh random token in this rank's shard folder (made if new): what rank 0 must
-    read there to know it sees the folder this rank writes."""
+    """A fresh random token, as a file in this rank's shard folder (made if new): what
+    rank 0 must find there to know it sees the folder this rank writes."""
     from ..atomic import atomic_write
 
     token = secrets.token_hex(16)
-    atomic_write(shard_dir(out_dir, rank, world) / TOKEN, lambda f: f.write(token.encode()))
+    path = shard_dir(out_dir, rank, world) / TOKEN.format(token)
+    atomic_write(path, lambda f: f.write(socket.gethostname().encode()))
     return token
 
 
+def drop_token(out_dir: Path, rank: int, world: int, token: str | None) -> None:
+    """Remove this rank's token file (a rank killed leaves its own: 60 bytes, harmless)."""
+    if token:
+        try:
+            (shard_dir(out_dir, rank, world) / TOKEN.format(token)).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def unseen_shards(out_dir: Path, tokens: list[str], again_after: float = 2.0) -> list[int]:
-    """The ranks whose token this process does not read in their shard folder under
-    out_dir: folders it cannot see (not there, or an old copy). Those missing are read
-    once more after `again_after` seconds, their folders listed first: a network file
-    system's client may answer from a cache of what the folder held a moment ago."""
+    """The ranks whose token file this process does not find in their shard folder under
+    out_dir: folders it cannot see (not there, or an old copy). The folders are listed,
+    not probed by name, and those missing are listed once more after `again_after`
+    seconds: a network file system's client may answer a lookup by name from a cache of
+    what the folder held a moment ago."""
     world = len(tokens)
 
-    def read(r: int) -> str | None:
-        d = shard_dir(out_dir, r, world)
+    def found(r: int) -> bool:
         try:
-            os.listdir(d)  # opening the folder revalidates it (NFS close-to-open)
-            return (d / TOKEN).read_text().strip()
-        except (OSError, UnicodeDecodeError):
-            return None
+            return TOKEN.format(tokens[r]) in os.listdir(shard_dir(out_dir, r, world))
+        except OSError:
+            return False
 
-    missing = [r for r, t in enumerate(tokens) if read(r) != t]
+    missing = [r for r in range(world) if not found(r)]
     if missing and again_after:
         time.sleep(again_after)
-        missing = [r for r in missing if read(r) != tokens[r]]
+        missing = [r for r in missing if not found(r)]
     return missing
 
 
@@ -145,8 +158,9 @@ def build(roots: list[Path], out_dir: Path, device: str = "auto", **kw):
     owns = not dist.is_initialized()
     if owns:  # first, so that whatever fails next is told to every rank
         dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+    token = None
     try:
-        dev = token = error = None
+        dev = error = None
         try:
             dev = rank_device(device)
             token = write_token(out_dir, rank, world)
@@ -181,6 +195,7 @@ def build(roots: list[Path], out_dir: Path, device: str = "auto", **kw):
             raise UserError(result[1] if rank == 0 else f"rank 0's merge failed: {result[1]}")
         return result[0] if rank == 0 else None
     finally:
+        drop_token(out_dir, rank, world, token)  # after rank 0's last look (the broadcasts)
         if owns and dist.is_initialized():
             dist.destroy_process_group()
 
