@@ -445,5 +445,5 @@ def test_rank_0_sees_a_shard_folder_only_by_this_runs_token(tmp_path):
     shutil.rmtree(out / "shards" / "rank-2-of-3")
     assert distributed.unseen_shards(out, tokens, 0) == [1, 2]
     line = distributed.not_shared(out, [1, 2], ["a", "b", "c"], merging=True)
-    assert "rank 0 on a cannot see the shard folder of rank 1 on b, rank 2 on c" in line
+    assert "rank 0 on a cannot see the shard folders of rank 1 on b, rank 2 on c" in line
     assert f"alexsearch merge {out}/shards/rank-*-of-3 --index {out}" in line

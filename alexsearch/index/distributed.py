@@ -92,7 +92,7 @@ def write_token(out_dir: Path, rank: int, world: int) -> str:
 
 
 def drop_token(out_dir: Path, rank: int, world: int, token: str | None) -> None:
-    """Remove this rank's token file (a rank killed leaves its own: 60 bytes, harmless)."""
+    """Remove this rank's token file (a rank killed leaves its own: a few bytes, harmless)."""
     if token:
         try:
             (shard_dir(out_dir, rank, world) / TOKEN.format(token)).unlink(missing_ok=True)
@@ -128,6 +128,7 @@ def not_shared(out_dir: Path, ranks: list[int], hosts: list[str], merging: bool)
     names = ", ".join(f"rank {r} on {hosts[r]}" for r in ranks[:4])
     names += f" and {len(ranks) - 4} more" if len(ranks) > 4 else ""
     folder = str(shard_dir(out_dir, ranks[0], world)) + (", ..." if len(ranks) > 1 else "")
+    plural = "folders" if len(ranks) > 1 else "folder"
     if merging:
         todo = (
             f"or copy {out_dir}/shards/* to one machine and run `alexsearch merge "
@@ -139,7 +140,7 @@ def not_shared(out_dir: Path, ranks: list[int], hosts: list[str], merging: bool)
             "and `alexsearch merge` the shards on one"
         )
     return (
-        f"rank 0 on {hosts[0]} cannot see the shard folder of {names} ({folder}: missing "
+        f"rank 0 on {hosts[0]} cannot see the shard {plural} of {names} ({folder}: missing "
         f"or an old copy): --index {out_dir} must be on storage every node shares; put it "
         f"there, {todo}"
     )
