@@ -89,7 +89,10 @@ def build_index(
         if shard is not None:
             raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
         if train_only:
-            raise UserError("--train-only: run it once, without torchrun, then pass --trained")
+            raise UserError(
+                "--train-only: under torchrun rank 0 learns the training of an IVF kind "
+                "itself (OUT/training); run --train-only without torchrun for --trained"
+            )
         run = distributed.build
     return run(
         [Path(p) for p in paths],
@@ -110,10 +113,11 @@ def build_index(
         space=space,
         space_dim=space_dim,
         trained=None if trained is None else Path(trained),
+        sample=sample,
         **(
             {}
             if run is not build.run
-            else {"shard": shards.parse_shard(shard), "train_only": train_only, "sample": sample}
+            else {"shard": shards.parse_shard(shard), "train_only": train_only}
         ),
     )
 

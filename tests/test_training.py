@@ -8,7 +8,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_in_process
+from helpers import SAFETY_TIMEOUT, one_line_error, run_in_process
 from make_shapes import make
 
 import alexsearch
@@ -216,3 +216,25 @@ def test_training_options_are_refused_in_one_line(trained, init_ckpt, tmp_path, 
     assert not (ix / "manifest.json").exists()
     info = json.loads(run_in_process(capsys, "info", "--index", trained["s0"], "--json").stdout)
     assert info["training"].startswith("ivfpq") and str(t) in info["training"]
+
+
+def test_torchrun_ranks_of_an_ivf_kind_add_to_one_training_of_rank_0(trained, init_ckpt, tmp_path):
+    from test_shards import torchrun, torchrun_env
+
+    from alexsearch.index.distributed import training_dir
+
+    out = tmp_path / "out"
+    args = ("index", trained["photos"], "--index", out, "--device", "cpu", "--precision",
+            "fp32", "--kind", "ivfpq", "--sample", SAMPLE, "--json")  # fmt: skip
+    p = torchrun(*args, env=torchrun_env(init_ckpt))
+    stdout, stderr = p.communicate(timeout=SAFETY_TIMEOUT)
+    assert p.returncode == 0, stderr[-3000:]
+    s = json.loads(stdout)  # rank 0 alone
+    assert s["total_ok"] == 300 and s["kind"] == "ivfpq"
+    assert "inverted lists joined, nothing trained or encoded again" in s["training"]
+    t = read_manifest(training_dir(out)).training
+    assert (t.sample, t.planned) == (SAMPLE, 300)
+    m = read_manifest(out)
+    assert m.training.signature == t.signature
+    assert signature_of(out, m.vectors_file) == signature_of(training_dir(out), t.paper_file)
+    assert paths_of(out) == paths_of(trained["one"])
