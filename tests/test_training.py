@@ -238,3 +238,24 @@ def test_torchrun_ranks_of_an_ivf_kind_add_to_one_training_of_rank_0(trained, in
     assert m.training.signature == t.signature
     assert signature_of(out, m.vectors_file) == signature_of(training_dir(out), t.paper_file)
     assert paths_of(out) == paths_of(trained["one"])
+
+
+def test_shards_take_the_training_index_autoencoder_and_merge_carries_their_codes(
+    trained, init_ckpt, tmp_path
+):
+    import shutil
+
+    t, s0, s1 = tmp_path / "train", tmp_path / "s0", tmp_path / "s1"
+    for src, dst in ((trained["train"], t), (trained["s0"], s0), (trained["s1"], s1)):
+        shutil.copytree(src, dst)
+    alexsearch.build_codes(t, bits=32, epochs=2)
+    coder = (t / read_manifest(t).codes.autoencoder).read_bytes()
+    for shard, spec in ((s0, "0/2"), (s1, "1/2")):
+        s = build(trained["photos"], shard, init_ckpt, shard=spec, trained=t)
+        assert s.extracted == 0  # nothing to extract: the codes come from stored fc7
+        m = read_manifest(shard)
+        assert m.codes.count == s.total_ok and (shard / m.codes.autoencoder).read_bytes() == coder
+    s = alexsearch.merge_indexes([s0, s1], tmp_path / "all")
+    assert s.codes == "carried over: 300 32-bit codes, none encoded again", s.codes
+    leftovers = [p.name for p in s0.iterdir() if p.name.startswith("codes-0")]
+    assert not leftovers  # the empty codes a shard started from are gone
