@@ -303,7 +303,7 @@ def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest |
         parts = []
         for d, name, (old, new) in zip(dirs, shard_files, pairs, strict=True):
             index = read_faiss(d, name)
-            if not np.array_equal(np.sort(_ids_of(index)), old):
+            if not np.array_equal(np.sort(ids_of(index)), old):
                 return None, added + f" ({d} has changes it has not published)"
             parts.append((index, old, new))
         merged = merge_faiss(parts)
@@ -336,7 +336,8 @@ def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest |
     )
 
 
-def _ids_of(index) -> np.ndarray:
+def ids_of(index) -> np.ndarray:
+    """The ids an alexsearch FAISS index holds, in its order."""
     import faiss
 
     return faiss.vector_to_array(_id_map(index).id_map)
