@@ -259,20 +259,22 @@ def _ivf(index):
 
 
 def _empty_like(index):
-    """An empty copy of `index` (trained, no vectors), whatever holds its lists."""
+    """An empty copy of `index` (trained, no vectors), whatever holds its lists: its
+    header serialised with its lists swapped for empty ones for the moment. (Cloning
+    fails on memory-mapped lists, and aborts the process on reset() when the lists are
+    views of a mapped file, as vectors.read_faiss's are.)"""
     import faiss
 
-    _ivf(index)
+    ivf = _ivf(index)
+    lists, owned = ivf.invlists, ivf.own_invlists
+    empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
+    ivf.own_invlists = False
+    ivf.replace_invlists(empty, False)
     try:
-        out = faiss.clone_index(index)
-    except RuntimeError:  # FAISS cannot clone memory-mapped lists: copy the header
-        reader = faiss.VectorIOReader()
-        faiss.copy_array_to_vector(faiss.serialize_index(index), reader.data)
-        out = faiss.read_index(reader, faiss.IO_FLAG_SKIP_IVF_DATA)
-        ivf = faiss.extract_index_ivf(out)
-        empty = faiss.ArrayInvertedLists(ivf.nlist, ivf.code_size)
-        ivf.replace_invlists(empty, True)
-        empty.this.disown()
+        header = faiss.serialize_index(index)
+    finally:
+        ivf.replace_invlists(lists, owned)
+    out = faiss.deserialize_index(header)
     out.reset()
     return out
 
