@@ -29,19 +29,21 @@ def whitening(x):
     return [t]
 
 
-@pytest.fixture(scope="module", params=["paper", "whitened"])
+@pytest.fixture(scope="module", params=["ivfpq", "ivfsq-whitened"])
 def shards(request, tmp_path_factory):
-    """4 shards of one trained IVF-PQ (the product's kind at a small dimension), each a
-    written index file numbering its own catalogue, and the merged catalogue's ids."""
+    """4 shards of one trained IVF index (the product's kinds at a small dimension: PCA +
+    IVF-PQ, or IVF-SQ8 inside the whitened space's transform), each a written index file
+    numbering its own catalogue, and the merged catalogue's ids."""
     x = clustered(N, 0)
-    transforms = whitening(x) if request.param == "whitened" else None
-    trained = vectors.train_faiss("ivfpq", 5000, x[:20_000], transforms, pq=8)
+    kind, _, space = request.param.partition("-")
+    transforms = whitening(x) if space else None
+    trained = vectors.train_faiss(kind, 2000, x[:10_000], transforms, pq=8)
     ids = np.arange(N, dtype=np.int64) * 3 + 7
     d = tmp_path_factory.mktemp("shards")
     parts = []
     for k, s in enumerate(np.array_split(np.random.default_rng(1).permutation(N), SHARDS)):
         local = np.random.default_rng(k).permutation(len(s)).astype(np.int64) + 100
-        index = vectors.build_faiss("ivfpq", local, x[s], trained=trained)
+        index = vectors.build_faiss(kind, local, x[s], trained=trained)
         name = vectors.write_faiss(d, index, k, prefix="shard")
         parts.append((d / name, local, ids[s]))
     return parts, ids, clustered(QUERIES, 1)
@@ -167,10 +169,10 @@ def test_a_failed_merge_leaves_nothing_a_reader_could_open(shards, tmp_path, mon
 
 def test_shards_trained_apart_or_not_ivf_are_refused(shards, tmp_path):
     parts, _, _ = shards
-    x = clustered(12_000, 5)
+    x = clustered(8000, 5)
     local = np.arange(len(x), dtype=np.int64)
-    apart = vectors.train_faiss("ivfpq", 5000, x, pq=8)  # its own coarse quantizer
-    other = vectors.build_faiss("ivfpq", local, x, trained=apart)
+    apart = vectors.train_faiss("ivfsq", 2000, x)  # its own coarse quantizer and codes
+    other = vectors.build_faiss("ivfsq", local, x, trained=apart)
     with pytest.raises(IndexError_, match="trained apart"):
         ondisk.merge_on_disk([parts[0], (other, local, local)], tmp_path / "v.ivfdata")
     flat = vectors.build_faiss("flat", local, x)
