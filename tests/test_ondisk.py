@@ -4,6 +4,10 @@ open after their folder moves, hold no codes in memory, and refuse a damaged fil
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import faiss
@@ -179,3 +183,41 @@ def test_shards_trained_apart_or_not_ivf_are_refused(shards, tmp_path):
     with pytest.raises(IndexError_, match="only IVF"):
         ondisk.merge_on_disk([(flat, local, local)], tmp_path / "v.ivfdata")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_merge_killed_mid_write_leaves_nothing_and_the_next_one_finishes(shards, tmp_path):
+    parts, _, q = shards
+    out = tmp_path / "index"
+    out.mkdir()
+    target = out / "vectors-1.ivfdata"
+    # the child stops once its lists are written, before the rename, and is killed there
+    child = textwrap.dedent(f"""
+        import sys, time, numpy as np
+        from pathlib import Path
+        from alexsearch.index import ondisk
+        shift = ondisk._shift_ids
+        def stop(*a):
+            shift(*a)
+            print("written", flush=True)
+            time.sleep(600)
+        ondisk._shift_ids = stop
+        ids = np.load({str(tmp_path / "ids.npz")!r})
+        paths = {[str(p) for p, _, _ in parts]!r}
+        parts = [(Path(p), ids[f"o{{k}}"], ids[f"n{{k}}"]) for k, p in enumerate(paths)]
+        ondisk.merge_on_disk(parts, Path({str(target)!r}))
+    """)
+    np.savez(tmp_path / "ids.npz", **{f"{c}{k}": p[i] for k, p in enumerate(parts)
+                                      for c, i in (("o", 1), ("n", 2))})  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), *sys.path])}
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout.readline().strip() == b"written"
+        left = os.listdir(out)
+        assert len(left) == 1 and left[0].startswith(".vectors-1.ivfdata.")  # hidden temp
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not target.exists()  # nothing under the name a reader opens
+    merged = ondisk.merge_on_disk(parts, target)  # again: finishes, tidies the temp
+    assert os.listdir(out) == ["vectors-1.ivfdata"]
+    np.testing.assert_array_equal(search(merged, q)[1], search(in_memory(parts), q)[1])

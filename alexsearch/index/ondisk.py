@@ -68,7 +68,8 @@ def merge_on_disk(parts, ivfdata_path: Path):
     vectors.write_faiss under the name whose ivfdata_name is ivfdata_path's.
 
     Atomic: the lists are written under a temporary name, fsynced, then renamed; a
-    merge that fails or is killed leaves no ivfdata_path (at most a hidden .tmp)."""
+    merge that fails or is killed leaves no ivfdata_path (a kill leaves a hidden .tmp,
+    removed by the next merge to the same path). Call it under the index's write lock."""
     import faiss
 
     ivfdata_path = Path(ivfdata_path)
@@ -91,6 +92,10 @@ def merge_on_disk(parts, ivfdata_path: Path):
 
     out = _empty_like(parts[0][0])
     ivf_out = faiss.extract_index_ivf(out)
+    # a merge killed before its rename left its temporary (never opened by a reader):
+    # callers hold the index's write lock (index/lock.py), so no live merge owns one
+    for stale in ivfdata_path.parent.glob(f".{ivfdata_path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{ivfdata_path.name}.", suffix=".tmp", dir=ivfdata_path.parent
     )
