@@ -10,7 +10,10 @@ merged twice, each in a fresh process, into a written index:
 Peak memory is given twice: peak anonymous RSS (RssAnon, sampled every 2 ms: memory the
 process owns, that the kernel cannot drop) and VmHWM (the peak of all resident pages,
 counting file pages read or written through a mapping, which the page cache lends and
-reclaims under pressure). Vectors are 256-d (the IVF kinds' PCA output, as in
+reclaims under pressure). "opened": the anonymous RSS that vectors.read_faiss of the
+written index and 8 queries add in a fresh process (both forms map their lists; the id
+map and its reverse map are in RAM).
+Vectors are 256-d (the IVF kinds' PCA output, as in
 bench/scale.py), fc7-like (ReLU of Gaussian noise); the shards are written once under
 --work and reused while their parameters are the same.
 
@@ -64,11 +67,28 @@ def prepare(work: Path, n: int, shards: int, kind: str) -> None:
     done.write_text(json.dumps(params))
 
 
+def opened(folder: Path) -> None:
+    """The anonymous RSS vectors.read_faiss of a merged index and 8 queries add, in a
+    fresh process (what a query process pays); prints it as JSON."""
+    import faiss
+
+    from alexsearch.index import vectors
+
+    before = status_kb("RssAnon")
+    index = vectors.read_faiss(folder, "vectors-1.faiss")
+    faiss.extract_index_ivf(index).nprobe = 16
+    index.search(np.ones((8, DIM), np.float32), 10)
+    print(json.dumps({"open_anon_mb": (status_kb("RssAnon") - before) / 1024}))
+
+
 def child(method: str, work: Path) -> None:
     """One merge in this process; prints its figures as JSON."""
     import faiss
 
     from alexsearch.index import merge, ondisk, vectors
+
+    if method.startswith("open-"):
+        return opened(work / method[5:])
 
     peak = [0]
     stop = threading.Event()
@@ -109,6 +129,12 @@ def child(method: str, work: Path) -> None:
     }))  # fmt: skip
 
 
+def run_child(method: str, work: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--work", str(work)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def main() -> None:
     import faiss
     from index_throughput import cpu_description
@@ -118,7 +144,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--kind", default="ivfsq", choices=("ivfsq", "ivfpq"))
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "merge_ondisk")
-    ap.add_argument("--child", choices=("memory", "disk"))
+    ap.add_argument("--child", choices=("memory", "disk", "open-memory", "open-disk"))
     a = ap.parse_args()
     if a.child:
         child(a.child, a.work)
@@ -131,15 +157,16 @@ def main() -> None:
           f"{shards / 1e6:,.0f} MB of shard files")  # fmt: skip
     rows = {}
     for method in ("memory", "disk"):  # each in a fresh process: its own peak
-        cmd = [sys.executable, __file__, "--child", method, "--work", str(a.work)]
-        rows[method] = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                 text=True).stdout.splitlines()[-1])  # fmt: skip
-    print(f"{'':26}{'seconds':>9}{'peak anon RSS':>15}{'VmHWM':>10}{'written':>11}")
+        rows[method] = run_child(method, a.work)
+        rows[method].update(run_child(f"open-{method}", a.work))
+    print(f"{'':26}{'seconds':>9}{'peak anon RSS':>15}{'VmHWM':>10}{'written':>11}"
+          f"{'opened':>10}")  # fmt: skip
     for method, label in (("memory", "in memory (baseline)"), ("disk", "on disk (.ivfdata)")):
         r = rows[method]
         assert r["ntotal"] == a.n, r
         print(f"{label:26}{r['seconds']:>8.2f}s{r['peak_anon_mb']:>12,.0f} MB"
-              f"{r['hwm_mb']:>7,.0f} MB{r['written_mb']:>8,.0f} MB")  # fmt: skip
+              f"{r['hwm_mb']:>7,.0f} MB{r['written_mb']:>8,.0f} MB"
+              f"{r['open_anon_mb']:>7,.0f} MB")  # fmt: skip
     m, d = rows["memory"], rows["disk"]
     print(f"on disk / in memory: time x{d['seconds'] / m['seconds']:.2f}, "
           f"peak anon RSS x{d['peak_anon_mb'] / m['peak_anon_mb']:.3f}")  # fmt: skip

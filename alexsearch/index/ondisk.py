@@ -48,9 +48,9 @@ def is_on_disk(index_dir: Path, name: str) -> bool:
 
 
 def open_shard(path: str | os.PathLike):
-    """A shard's index file, its inverted lists memory-mapped (IO_FLAG_MMAP), read-only:
-    what merge_on_disk reads without loading the codes. (vectors.read_faiss's
-    IO_FLAG_MMAP_IFC maps flat codes but loads IVF lists into memory.)"""
+    """A shard's index file, its inverted lists memory-mapped (IO_FLAG_MMAP, as
+    faiss.contrib.ondisk reads shards), read-only: what merge_on_disk reads without
+    loading the codes. (vectors.read_faiss's indexes map their lists too, as views.)"""
     import faiss
 
     try:
