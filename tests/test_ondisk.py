@@ -89,6 +89,15 @@ def test_on_disk_merge_answers_exactly_as_the_in_memory_merge(shards, tmp_path):
     assert sorted(held.tolist()) == ids.tolist()
     assert sorted(os.listdir(tmp_path)) == ["vectors-1.ivfdata"]  # no temporary left
 
+    # a merged index merges again (its lists read from its own .ivfdata)
+    vectors.write_faiss(tmp_path, merged, 1)
+    again = ondisk.merge_on_disk(
+        [(tmp_path / "vectors-1.faiss", ids, ids)], tmp_path / "next" / "vectors-2.ivfdata"
+    )
+    d_again, i_again = search(again, q)
+    np.testing.assert_array_equal(i_again, i_mem)
+    np.testing.assert_array_equal(d_again, d_mem)
+
 
 def test_a_moved_folder_still_opens_and_answers(shards, tmp_path, monkeypatch):
     parts, _, q = shards

@@ -53,6 +53,9 @@ def open_shard(path: str | os.PathLike):
     loading the codes. (vectors.read_faiss's indexes map their lists too, as views.)"""
     import faiss
 
+    path = Path(path)
+    if is_on_disk(path.parent, path.name):  # an earlier on-disk merge: its own lists file
+        return read_on_disk(path.parent, path.name)
     try:
         return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
     except RuntimeError as e:
@@ -88,7 +91,11 @@ def merge_on_disk(parts, ivfdata_path: Path):
         raise UserError("nothing to merge: the shards hold no vectors")
     nlist, code_size = ivfs[0].nlist, ivfs[0].code_size
     need = total * (code_size + 8)  # what merge_from_multiple lays out: codes + ids
-    _check_space(ivfdata_path.parent, need)
+    try:
+        ivfdata_path.parent.mkdir(parents=True, exist_ok=True)
+        _check_space(ivfdata_path.parent, need)
+    except OSError as e:
+        raise WriteError(f"cannot write {ivfdata_path}: {describe_os_error(e)}") from e
 
     out = _empty_like(parts[0][0])
     ivf_out = faiss.extract_index_ivf(out)
