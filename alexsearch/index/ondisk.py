@@ -123,12 +123,13 @@ def merge_on_disk(parts, ivfdata_path: Path):
         lists.this.disown()
         idmap = _id_map(out)
         faiss.copy_array_to_vector(np.concatenate(ids).astype(np.int64), idmap.id_map)
-        for level in (faiss.downcast_index(out), idmap, faiss.downcast_index(idmap.index), ivf_out):
+        levels = (faiss.downcast_index(out), idmap, faiss.downcast_index(idmap.index), ivf_out)
+        for level in levels:
             level.ntotal = total
         idmap.construct_rev_map()
         faiss.downcast_InvertedLists(ivf_out.invlists).filename = ivfdata_path.name
         header = faiss.serialize_index(out)  # ilod: where each list lies, no codes
-        del out, ivf_out, idmap, lists  # unmaps the writable mapping
+        del out, ivf_out, idmap, lists, levels  # unmaps the writable mapping
         with open(tmp, "r+b") as f:
             f.seek(0, os.SEEK_END)
             f.write(TRAILER.pack(MAGIC, need, total, _fingerprint(f.fileno(), need, total)))
@@ -140,6 +141,8 @@ def merge_on_disk(parts, ivfdata_path: Path):
         _fsync_dir(ivfdata_path.parent)
     except OSError as e:
         raise WriteError(f"cannot write {ivfdata_path}: {describe_os_error(e)}") from e
+    except RuntimeError as e:  # FAISS's own errors (a list it cannot map or grow)
+        raise IndexError_(f"cannot merge into {ivfdata_path}: {_first_line(e)}") from None
     finally:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
