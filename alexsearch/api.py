@@ -38,7 +38,7 @@ def build_index(
     index: str | os.PathLike | None = None,
     weights: str | os.PathLike | None = None,
     device: str = "auto",
-    kind: str = "flat",
+    kind: str | None = None,
     progress: Progress | None = None,
     *,
     max_memory: int | str | None = None,
@@ -53,6 +53,9 @@ def build_index(
     space: str | None = None,
     space_dim: int | None = None,
     shard: str | tuple[int, int] | None = None,
+    train_only: bool = False,
+    sample: int | None = None,
+    trained: str | os.PathLike | None = None,
 ) -> IndexSummary:
     """Index photos (folders, searched recursively, or files) into `index` (default
     indexes/default): what `alexsearch index` runs. Incremental: only new and changed
@@ -65,7 +68,14 @@ def build_index(
     "paper" (raw fc7 only); None keeps what the index asked for before. space_dim: the
     whitened dimension (default 256). shard: "I/N" or (I, N), only the photos whose
     path relative to its root hashes to shard I of N (index/shards.py): an ordinary
-    index of that shard, which merge_indexes() unions with the others.
+    index of that shard, which merge_indexes() unions with the others. kind: "flat"
+    (exact), "hnsw", "ivfpq", "ivfsq" or "auto"; None keeps the index's, flat for a new one.
+
+    train_only: index a sample of the photos (`sample` of them, default 50,000, the
+    same on every machine) and learn from it, once, an IVF training for the whole
+    collection (kind "ivfpq" or "ivfsq"). trained: such an index; this one then copies
+    its training and adds its vectors to it instead of training, so shards built from
+    one training merge without training or encoding again (index/training.py).
 
     Under torchrun (RANK, WORLD_SIZE set) each process indexes shard RANK/WORLD_SIZE
     under `index`/shards and rank 0 merges them into `index` (index/distributed.py):
@@ -78,6 +88,11 @@ def build_index(
     if distributed.under_torchrun():
         if shard is not None:
             raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
+        if train_only:
+            raise UserError(
+                "--train-only: under torchrun rank 0 learns the training of an IVF kind "
+                "itself (OUT/training); run --train-only without torchrun for --trained"
+            )
         run = distributed.build
     return run(
         [Path(p) for p in paths],
@@ -97,7 +112,13 @@ def build_index(
         precision=precision,
         space=space,
         space_dim=space_dim,
-        **({} if run is not build.run else {"shard": shards.parse_shard(shard)}),
+        trained=None if trained is None else Path(trained),
+        sample=sample,
+        **(
+            {}
+            if run is not build.run
+            else {"shard": shards.parse_shard(shard), "train_only": train_only}
+        ),
     )
 
 
@@ -249,21 +270,134 @@ class MultiIndex:
             with first._lock:
                 embedder = first._embedder_for(first._current())
             results, searched, vecs = _embed_images(embedder, images)
-        if searched:
-            per_index = []
-            with self._locked() as snaps:
-                for snap in snaps:
-                    exclude = [
-                        None if include_self or not r.query else snap.catalogue.id_of(r.query)
-                        for r in searched
-                    ]
-                    per_index.append(snap.search(np.stack(vecs), k, exclude, space, 0))
-            labels = [str(p.dir) for p in self.parts]
-            for i, res in enumerate(searched):
-                res.hits = multi.combine([found[i] for found in per_index], labels, k)
+        self._search_all(searched, vecs, k, include_self, space)
         for res in results:
             res.space, res.expand = space, 0
         return results
+
+    def query_ids(
+        self,
+        refs,
+        k: int = 6,
+        binary: bool = False,
+        rerank: int | None = None,
+        include_self: bool = False,
+        space: str | None = None,
+        expand: int | None = None,
+    ) -> list[QueryResult]:
+        """query() for photos already in the indexes, each named "PART:ID" (its index's
+        position and its catalogue id there; or a (part, id) pair): its stored fc7
+        searched in every index, itself left out unless `include_self`. NotFoundError for
+        a part or id that names no indexed file; UserError for a malformed name."""
+        from .index import multi
+
+        if isinstance(refs, (str, tuple)):
+            refs = [refs]
+        _check_k(k, rerank)
+        multi.check_options(binary, rerank, expand)
+        with self._locked() as snaps:
+            space = multi.common_space([p.dir for p in self.parts], [s.manifest for s in snaps],
+                                       space)  # fmt: skip
+            results, vecs = [], []
+            for r in refs:
+                part, file_id = self._resolve(r)
+                cat = snaps[part].catalogue
+                path, vec = cat.ok_path(file_id), cat.vector_of(file_id)
+                if path is None or vec is None:
+                    raise NotFoundError(f"no indexed file with id {file_id} in index {part}")
+                results.append(QueryResult(query=path))
+                vecs.append(vec)
+        self._search_all(results, vecs, k, include_self, space)
+        for res in results:
+            res.space, res.expand = space, 0
+        return results
+
+    def query_label(self, word: str, k: int = 20, min_prob: float = 0.0) -> LabelResult:
+        """Index.query_label() over every index: the k most probable photos of them all
+        (each hit naming its index and part); the probabilities come from the same
+        weights' fc8 in every index, so they compare as they are."""
+        from .index import multi
+
+        _check_k(k, None)
+        found = [p.query_label(word, k, min_prob) for p in self.parts]
+        return multi.combine_labels(found, [str(p.dir) for p in self.parts], k)
+
+    def info(self) -> dict:
+        """What the indexes are together: totals of files, failures (each naming its
+        index) and bytes, what they share, and each one's own `info()` under `parts`."""
+        from .index import multi
+
+        return multi.describe([p.info() for p in self.parts])
+
+    def generation(self) -> tuple[int, ...]:
+        """Each index's current generation (each follows its own updates)."""
+        return tuple(p.generation() for p in self.parts)
+
+    def codes(self) -> None:
+        """None: binary codes belong to one index each (merge to search them)."""
+        return None
+
+    def load_network(self) -> None:
+        """Load the network now and check it against the indexes (they share weights)."""
+        self.parts[0].load_network()
+
+    def path(self, ref) -> str:
+        """The path of photo `ref` ("PART:ID")."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].path(file_id)
+
+    def thumbnail_png(self, ref) -> bytes:
+        """The stored thumbnail (PNG) of photo `ref` ("PART:ID")."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].thumbnail_png(file_id)
+
+    def image(self, ref) -> tuple[bytes, str]:
+        """Index.image() of photo `ref` ("PART:ID"), read only from inside its index's
+        indexed folders."""
+        part, file_id = self._resolve(ref)
+        return self.parts[part].image(file_id)
+
+    def kernels_png(self) -> bytes:
+        """The conv1 kernels of the indexes' weights (one set: they share weights)."""
+        return self.parts[0].kernels_png()
+
+    def duplicates(self, *args, **kwargs):
+        """Refused: duplicates are found among one index's photos."""
+        from .index import multi
+
+        raise UserError(f"duplicates are found within one index: {multi.MERGE_FIRST}")
+
+    def tsne_map(self, *args, **kwargs):
+        """Refused: the t-SNE map is laid out over one index's photos."""
+        from .index import multi
+
+        raise UserError(f"the t-SNE map is drawn over one index: {multi.MERGE_FIRST}")
+
+    def _resolve(self, ref) -> tuple[int, int]:
+        from .index import multi
+
+        if isinstance(ref, tuple):
+            return multi.parse_ref(multi.ref(*(int(x) for x in ref)), len(self.parts))
+        return multi.parse_ref(ref, len(self.parts))
+
+    def _search_all(self, searched, vecs, k, include_self, space) -> None:
+        """Fill each result's hits: the k nearest of its vector over every index, an
+        indexed query (by its path) left out of its own results unless include_self."""
+        from .index import multi
+
+        if not searched:
+            return
+        per_index = []
+        with self._locked() as snaps:
+            for snap in snaps:
+                exclude = [
+                    None if include_self or not r.query else snap.catalogue.id_of(r.query)
+                    for r in searched
+                ]
+                per_index.append(snap.search(np.stack(vecs), k, exclude, space, 0))
+        labels = [str(p.dir) for p in self.parts]
+        for i, res in enumerate(searched):
+            res.hits = multi.combine([found[i] for found in per_index], labels, k)
 
     def _locked(self):
         """Every part's current snapshot, each under its lock, as a context manager."""

@@ -31,8 +31,11 @@ def find_chromium() -> tuple[str, str] | None:
 
 
 def start_server(index, weights=None, env=None) -> tuple[subprocess.Popen, str]:
-    """A real `alexsearch serve` on a free loopback port: (process, page URL)."""
-    cmd = [sys.executable, "-m", "alexsearch", "serve", "--index", str(index), "--port", "0"]
+    """A real `alexsearch serve` on a free loopback port: (process, page URL). `index`
+    may be a list: several indexes served without merging."""
+    several = index if isinstance(index, (list, tuple)) else [index]
+    cmd = [sys.executable, "-m", "alexsearch", "serve", "--port", "0"]
+    cmd += [a for ix in several for a in ("--index", str(ix))]
     if weights:
         cmd += ["--weights", str(weights)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

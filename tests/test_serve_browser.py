@@ -295,3 +295,53 @@ def test_a_class_name_shows_the_photos_of_that_class(served_dups, driver):
     # Back: the tabbies again, from the URL
     driver.back()
     wait_for(driver, lambda d: hits(d) == [p["id"] for p in want["photos"]], "the tabbies again")
+
+
+# -- several indexes served without merging (issue 17)
+
+
+def test_a_page_over_two_indexes_shows_and_searches_hits_of_both(tmp_path, init_ckpt, driver):
+    from selenium.webdriver.common.by import By
+
+    photos = tmp_path / "photos"
+    make(photos, per_class=3, seed=8)
+    parts = [tmp_path / "s0", tmp_path / "s1"]
+    for i, ix in enumerate(parts):
+        alexsearch.build_index(photos, index=ix, weights=init_ckpt, device="cpu", workers=0,
+                               shard=f"{i}/2")  # fmt: skip
+    proc, url = start_server(parts, init_ckpt)
+    try:
+        shown = (
+            "return [...document.querySelectorAll('#results .hit')]"
+            ".map(e => [e.dataset.id, e.dataset.index, e.title])"
+        )
+        driver.get(url + "?k=12")
+        wait_for(driver, lambda d: "in 2 indexes" in d.find_element(By.ID, "summary").text,
+                 "the summary of both")  # fmt: skip
+        driver.find_element(By.ID, "file").send_keys(str(sorted(photos.rglob("*.jpg"))[0]))
+        wait_for(driver, lambda d: len(d.execute_script(shown)) == 12, "12 results")
+        first = driver.execute_script(shown)
+        assert {i for _, i, _ in first} == {str(p) for p in parts}  # hits of both indexes
+        for ref, index, title in first:
+            part = str(parts.index(next(p for p in parts if str(p) == index)))
+            assert ref.split(":")[0] == part and f"from the index {index}" in title
+        # a click on a hit of the second index searches from it, named by PART:ID
+        rank = next(r for r, (ref, _, _) in enumerate(first) if ref.startswith("1:"))
+        chosen = first[rank][0]
+        driver.find_elements(By.CSS_SELECTOR, "#results .hit")[rank].click()
+
+        def moved(d):
+            now = [ref for ref, _, _ in d.execute_script(shown)]
+            q = d.find_element(By.ID, "query").get_attribute("data-id")
+            return q == chosen and len(now) == 12 and chosen not in now
+
+        wait_for(driver, moved, f"the neighbours of {chosen}")
+        assert url_state(driver) == {"id": chosen, "k": "12"}
+        img = driver.find_element(By.ID, "query-img")
+        wait_for(driver, lambda d: d.execute_script("return arguments[0].naturalWidth", img) > 0,
+                 "the query photo from its index")  # fmt: skip
+        driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=info]").click()
+        table = driver.find_element(By.ID, "info-table").text
+        assert "files 18" in table and f"index 1 {parts[1]}" in table
+    finally:
+        stop_server(proc)

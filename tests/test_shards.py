@@ -3,8 +3,10 @@
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from helpers import SAFETY_TIMEOUT, one_line_error, run_in_process
 from make_shapes import make
 
 import alexsearch
+from alexsearch.index import distributed
 from alexsearch.index.catalogue import Catalogue
 
 
@@ -258,12 +261,19 @@ def test_query_over_several_indexes_answers_as_their_merge(built, init_ckpt, tmp
         one_line_error(r, what)
 
 
-def torchrun(*args, env):
-    """`torchrun --standalone --nproc_per_node=2 -m alexsearch ARGS`, started."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+def torchrun(*args, env, launch=("--standalone", "--nproc_per_node=2"), **popen):
+    """`torchrun LAUNCH -m alexsearch ARGS`, started (stdout, stderr: pipes unless given)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", *map(str, launch),
            "-m", "alexsearch", *map(str, args)]  # fmt: skip
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env)  # fmt: skip
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, **popen}
+    return subprocess.Popen(cmd, text=True, env=env, **popen)
+
+
+def torchrun_env(init_ckpt) -> dict:
+    """The environment of a torchrun test: this checkout, the test weights, one thread."""
+    root = str(Path(alexsearch.__file__).resolve().parents[1])
+    return {**os.environ, "OMP_NUM_THREADS": "1", "ALEXSEARCH_WEIGHTS": str(init_ckpt),
+            "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
 
 
 def committed(index) -> int:
@@ -285,9 +295,7 @@ def committed(index) -> int:
 def test_torchrun_two_gloo_ranks_index_like_one_process_and_resume_after_kill_9(
     built, init_ckpt, tmp_path, capsys
 ):
-    root = str(Path(alexsearch.__file__).resolve().parents[1])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALEXSEARCH_WEIGHTS": str(init_ckpt),
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}  # fmt: skip
+    env = torchrun_env(init_ckpt)
     out = tmp_path / "out"
     args = ("index", built["photos"], "--index", out, "--device", "cpu", "--json",
             "--batch-size", "1", "--commit-every", "1")  # fmt: skip
@@ -312,3 +320,130 @@ def test_torchrun_two_gloo_ranks_index_like_one_process_and_resume_after_kill_9(
     same_vectors(by_path(out), by_path(built["all"]))
     qs = [str(built["photos"] / "red_circles" / "000.jpg"), sorted(by_path(out))[7]]
     same_answers(answers(out, qs), answers(built["all"], qs))
+
+
+def two_nodes(photos, outs, env, logs: Path):
+    """Two torchrun launchers on this machine as two nodes of one rank each (static
+    rendezvous on a free port, node 0 hosting it): node N runs `alexsearch index PHOTOS
+    --index outs[N]`, its worker's stdout and stderr kept apart under logs/nodeN (the
+    launcher's own report of a failed worker would hide them). Returns, per node, the
+    exit code, what its worker wrote and the launcher's log: [(code, stdout, stderr, log)]."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for node, out in enumerate(outs):
+        launch = ("--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}",
+                  "--master_addr=127.0.0.1", f"--master_port={port}",
+                  "--log-dir", logs / f"node{node}", "--redirects=3")  # fmt: skip
+        log = open(logs / f"launcher{node}.log", "w")  # noqa: SIM115 (closed below)
+        procs.append((torchrun("index", photos, "--index", out, "--device", "cpu", "--json",
+                               env=env, launch=launch, stdout=log, stderr=log), log))  # fmt: skip
+    got = []
+    for node, (p, log) in enumerate(procs):
+        p.wait(timeout=SAFETY_TIMEOUT)
+        log.close()
+
+        def worker(name, node=node):
+            (path,) = (logs / f"node{node}").rglob(name)
+            return path.read_text()
+
+        launcher = (logs / f"launcher{node}.log").read_text()
+        got.append((p.returncode, worker("stdout.log"), worker("stderr.log"), launcher))
+    return got
+
+
+def test_two_torchrun_nodes_sharing_out_index_like_one_process_and_refuse_an_out_not_shared(
+    built, init_ckpt, tmp_path, capsys
+):
+    env = torchrun_env(init_ckpt)
+    out = tmp_path / "out"
+    out.mkdir()
+    # node 1 names the shared OUT otherwise (another mount point): still shared
+    (tmp_path / "mnt").symlink_to(out)
+    (tmp_path / "logs").mkdir()
+    nodes = two_nodes(built["photos"], [out, tmp_path / "mnt"], env, tmp_path / "logs")
+    (c0, out0, _, _), (c1, out1, _, _) = nodes
+    assert (c0, c1) == (0, 0), nodes
+    summary = json.loads(out0)  # node 0 alone prints the summary
+    assert out1 == "" and summary["total_ok"] == 18 and summary["extracted"] == 18
+    same_vectors(by_path(out), by_path(built["all"]))
+    # each rank took its shard by RANK (node 1's LOCAL_RANK is 0 too)
+    for rank, shard in ((0, "s0"), (1, "s1")):
+        assert sorted(by_path(out / "shards" / f"rank-{rank}-of-2")) == sorted(
+            by_path(built[shard])
+        )
+    # each rank removed its run's token file; the shards merge by hand alike, with one
+    # left beside a shard as by a rank killed
+    assert not list((out / "shards").rglob(".torchrun-*"))
+    distributed.write_token(out, 1, 2)
+    r = run_in_process(capsys, "merge", *sorted((out / "shards").glob("rank-*")), "--index",
+                       tmp_path / "by-hand", "--json")  # fmt: skip
+    assert json.loads(r.stdout)["total_ok"] == 18
+    same_vectors(by_path(tmp_path / "by-hand"), by_path(built["all"]))
+
+    # each node on its own disk: node 0's OUT holds an old copy of rank 1's shard (the
+    # path rank 1 writes to, as node 0 names it; an old token file in it), node 1 writes
+    # to its own OUT
+    alone, other = tmp_path / "alone", tmp_path / "other-disk"
+    stale = alone / "shards" / "rank-1-of-2"
+    shutil.copytree(out / "shards" / "rank-1-of-2", stale)
+    before = ids_by_path(stale)
+    (tmp_path / "logs2").mkdir()
+    nodes = two_nodes(built["photos"], [alone, other], env, tmp_path / "logs2")
+    for code, stdout, stderr, launcher in nodes:  # every rank stops, one line, first
+        assert code != 0 and stdout == "", nodes
+        assert re.search(r"exitcode\s*:\s*2\b", launcher), launcher  # the worker's: 2
+        one_line_error(
+            subprocess.CompletedProcess((), 2, stdout, stderr),
+            f"cannot see the shard folder of rank 1 on {socket.gethostname()}",
+            str(stale),
+            "must be on storage every node shares",
+            "--shard I/N",
+        )
+    assert not (alone / "manifest.json").exists() and ids_by_path(stale) == before
+    assert committed(alone / "shards" / "rank-0-of-2") == 0
+    assert committed(other / "shards" / "rank-1-of-2") == 0
+
+
+def test_a_rank_takes_the_gpu_of_its_local_rank_not_of_its_rank(monkeypatch):
+    """Node 1 of two with 2 GPUs each: RANK 3 is this machine's second process. (This
+    machine may have no GPU: torch.cuda answers as a 2-GPU machine would.)"""
+    import torch
+
+    from alexsearch.errors import UserError
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.rank_device("auto") == "cuda:1" and chosen == [1]
+    assert distributed.rank_device("cpu") == "cpu"
+    # more processes on a node than it has GPUs: one line saying so
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(UserError, match=r"LOCAL_RANK 2 on .* 2 GPU\(s\).*--nproc_per_node=2"):
+        distributed.rank_device("cuda")
+    with pytest.raises(UserError, match="each rank takes its own GPU"):
+        distributed.rank_device("cuda:3")
+
+
+def test_rank_0_sees_a_shard_folder_only_by_this_runs_token(tmp_path):
+    """What the torchrun check reads (the two-node test above runs it end to end): a
+    folder holding the token file its rank sent is seen; a missing folder, or one
+    holding only another run's token, is not; and the line before a merge says how to
+    merge by hand."""
+    out = tmp_path / "out"
+    tokens = [distributed.write_token(out, r, 3) for r in range(3)]
+    assert len(set(tokens)) == 3 and distributed.unseen_shards(out, tokens, 0) == []
+    other_run = distributed.write_token(out, 1, 3)  # a second run there: both seen
+    assert other_run not in tokens and distributed.unseen_shards(out, tokens, 0) == []
+    distributed.drop_token(out, 1, 3, tokens[1])
+    assert distributed.unseen_shards(out, tokens, 0) == [1]
+    shutil.rmtree(out / "shards" / "rank-2-of-3")
+    assert distributed.unseen_shards(out, tokens, 0) == [1, 2]
+    line = distributed.not_shared(out, [1, 2], ["a", "b", "c"], merging=True)
+    assert "rank 0 on a cannot see the shard folders of rank 1 on b, rank 2 on c" in line
+    assert f"alexsearch merge {out}/shards/rank-*-of-3 --index {out}" in line

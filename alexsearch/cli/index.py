@@ -35,7 +35,9 @@ def index(
     workers: int = typer.Option(
         None, "--workers", min=0, help="Decode processes (default: by device and cores)."
     ),
-    kind: str = typer.Option("flat", help="FAISS kind: flat (exact), hnsw, ivfpq, ivfsq, auto."),
+    kind: str = typer.Option(
+        None, help="FAISS kind: flat (exact), hnsw, ivfpq, ivfsq, auto [the index's, else flat]."
+    ),
     max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
     exclude: list[str] = typer.Option([], "--exclude", help="Glob of names/paths to skip."),
     hidden: bool = typer.Option(False, "--hidden", help="Also walk hidden files and folders."),
@@ -56,6 +58,15 @@ def index(
     space_dim: int = typer.Option(None, "--space-dim", help="Whitened dimensions [256]."),
     shard: str = typer.Option(
         None, "--shard", help="I/N: only shard I of N of the photos (by path; merge them)."
+    ),
+    train_only: bool = typer.Option(
+        False, "--train-only", help="Index a sample and learn the IVF training shards share."
+    ),
+    sample: int = typer.Option(
+        None, "--sample", min=1, help="Photos --train-only samples [50000]."
+    ),
+    trained: Path = typer.Option(
+        None, "--trained", help="An index made with --train-only: add to its training."
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
@@ -82,6 +93,9 @@ def index(
             space=space,
             space_dim=space_dim,
             shard=shard,
+            train_only=train_only,
+            sample=sample,
+            trained=trained,
         )
     if summary is None:  # another rank under torchrun: rank 0 speaks for all
         return
@@ -104,6 +118,8 @@ def index(
         "time": f"{summary.seconds:.1f} s"
         + (f", {summary.images_per_s:.1f} img/s extracted" if summary.extracted else ""),
     }
+    if summary.training:
+        rows["training"] = summary.training
     if summary.labelled:
         rows["labelled"] = f"{summary.labelled} files given their top-5 classes (from fc7)"
     out.print(kv_table("index", rows))
@@ -141,6 +157,8 @@ def merge(
         "precision": summary.precision,
         "space": summary.space,
         "weights": f"{summary.weights} ({summary.fingerprint})",
+        "training": summary.training,
+        "codes": summary.codes,
         "time": f"{summary.seconds:.1f} s",
     }
     out.print(kv_table("merge", rows))

@@ -11,8 +11,11 @@ from .render import err, out
 
 
 def serve(
-    index_dir: Path = typer.Option(
-        None, "--index", help="Index folder (default: indexes/default)."
+    index_dirs: list[Path] = typer.Option(
+        None,
+        "--index",
+        help="Index folder (default: indexes/default). Several (--index A --index B): "
+        "served as one without merging (their weights must match).",
     ),
     weights_path: Path = typer.Option(None, "--weights", help="(default: the index's weights)"),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback by default)."),
@@ -31,9 +34,20 @@ def serve(
     cap = api.parse_bytes(max_upload, "--max-upload")
     if cap is None or cap < 1:
         raise UserError(f"--max-upload {max_upload!r} must be at least 1 byte")
-    ix = api.open_index(index_dir, weights_path, device, max_megapixels)
+    several = bool(index_dirs) and len(index_dirs) > 1
+    if several:  # indexes whose distances do not compare: one line, before serving
+        ix = api.open_indexes(index_dirs, weights_path, device, max_megapixels)
+    else:
+        ix = api.open_index(index_dirs[0] if index_dirs else None, weights_path, device,
+                            max_megapixels)  # fmt: skip
     try:
         files = ix.info()["files"]
+        what = (
+            ", ".join(str(p.dir) for p in ix.parts)
+            + f" ({files} photos in {len(ix.parts)} indexes)"
+            if several
+            else f"{ix.dir} ({files} photos)"
+        )
         ix.load_network()  # weights that do not match the index: one line, before serving
         from ..serve.app import create_app
         from ..serve.run import bind, exposure_warning, serve
@@ -48,7 +62,7 @@ def serve(
         app = create_app(ix, cap, loopback=warning is None)
 
         def say(url):
-            out.print(f"serving {ix.dir} ({files} photos) at {url}  (Ctrl-C stops)",
+            out.print(f"serving {what} at {url}  (Ctrl-C stops)",
                       highlight=False, soft_wrap=True)  # fmt: skip
 
         serve(app, sock, open_browser, say, warn)

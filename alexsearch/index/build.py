@@ -19,7 +19,7 @@ from ..images.files import DEFAULT_MAX_MEGAPIXELS, hash_file
 from ..images.folders import walk
 from ..net.precision import combined, resolve_precision
 from ..progress import Progress
-from . import BATCH, codes, labels, shards, spaces, vectors
+from . import BATCH, codes, labels, shards, spaces, training, vectors
 from .catalogue import Catalogue, Row
 from .lock import write_lock
 from .manifest import Manifest, check_model, read_manifest, weights_signature, write_manifest
@@ -64,6 +64,7 @@ class IndexSummary:
     labelled: int = 0  # files given their top-5 classes this run (from their stored fc7)
     labels_note: str = ""  # why some files have no labels, when they could not be computed
     shard: str = ""  # "I/N" when the run indexed one shard of the photos (--shard)
+    training: str = ""  # the shared IVF training it adds to (--trained, --train-only)
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -89,7 +90,7 @@ def run(
     index_dir: Path,
     weights=None,  # --weights; None: $ALEXSEARCH_WEIGHTS, the index's own, fetched default
     device: str = "auto",
-    kind: str = "flat",
+    kind: str | None = None,  # None: what the index asked for before, else flat
     max_memory: int | None = None,
     batch_size: int = BATCH,
     workers: int | None = None,
@@ -103,20 +104,33 @@ def run(
     space: str | None = None,  # whitened (learn it) or paper; None: as before, else whitened
     space_dim: int | None = None,  # the whitened dimension (spaces.DEFAULT_DIM)
     shard: tuple[int, int] | None = None,  # (I, N): only the files of shard I of N
+    train_only: bool = False,  # index a sample and learn a shared training (training.py)
+    sample: int | None = None,  # the sample's size (training.DEFAULT_SAMPLE)
+    trained: Path | None = None,  # an index whose training to add to (training.py)
 ) -> IndexSummary:
     """`alexsearch index`: bring the index at `index_dir` up to date with `roots`."""
     from ..weights.locations import WEIGHTS_ENV
 
     t0 = time.perf_counter()
     resolve_precision(precision, "cpu")  # an unknown value fails before anything is done
-    if kind not in vectors.KINDS:
+    if kind is not None and kind not in vectors.KINDS:
         raise UserError(f"unknown --kind {kind!r}; choose from {', '.join(vectors.KINDS)}")
     spaces.check_space(space, space_dim)
+    if train_only and trained is not None:
+        raise UserError("--train-only learns a training; --trained adds to one: give one")
+    if sample is not None and not train_only:
+        raise UserError("--sample sizes the sample of --train-only")
+    if train_only:
+        training.check_kind(kind)
+    source = training.source(trained) if trained is not None else None
     summary = IndexSummary(index_dir=str(index_dir))
     files, problems = walk(roots, exclude, hidden)  # bad paths fail before anything is made
     walked = bool(files)  # a shard may be empty: it is then an empty index
+    planned = len(files)  # what a training is sized for: the whole collection
     if shard is not None:
         files = shards.select(files, roots, shard)
+    if train_only:
+        files = training.sample_files(files, roots, sample or training.DEFAULT_SAMPLE)
     summary.shard = shards.describe(shard)
     manifest = read_manifest(index_dir) if index_dir.is_dir() else None
     recorded = manifest.model.weights if manifest else None
@@ -152,6 +166,13 @@ def run(
                     index_dir, manifest, network.fingerprint, network.preprocess,
                     network.weights, fix,
                 )  # fmt: skip
+            if train_only:
+                adopted = manifest.training if manifest else None
+            else:
+                kind, adopted = _kind_and_training(index_dir, manifest, kind, source, network)
+            coder = None  # the training index's autoencoder, for an index without codes
+            if source is not None and not (manifest and manifest.codes):
+                coder = training.adopt_codes(index_dir, *source)
             summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
             if to_extract:
                 _extract_into(
@@ -165,8 +186,14 @@ def run(
             changed = bool(to_extract or work.gone or summary.moved or manifest is None)
             if manifest is not None and kind != manifest.kind_requested:
                 changed = True
+            if adopted is not None and adopted != (manifest and manifest.training):
+                changed = True  # another training: every vector is added to it again
+            changed = changed or coder is not None
             if manifest is not None and _space_changed(manifest, space, space_dim):
                 changed = True
+            if train_only and (changed or adopted is None or adopted.kind != kind):
+                adopted, changed = _learn(index_dir, cat, manifest, network, kind, planned,
+                                          space, space_dim), True  # fmt: skip
             if changed:
                 if manifest is None:
                     manifest = Manifest.new(
@@ -177,12 +204,48 @@ def run(
                     manifest = replace(
                         manifest, precision=combined(manifest.precision, network.precision)
                     )
-                manifest = replace(manifest, shard=summary.shard)
+                manifest = replace(manifest, shard=summary.shard, training=adopted)
+                if coder is not None:
+                    manifest = replace(manifest, codes=coder)
                 manifest = publish(index_dir, cat, manifest, kind, max_memory, space, space_dim)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
+    summary.training = manifest.training.describe() if manifest.training else ""
     return describe_published(summary, manifest, t0)
+
+
+def _kind_and_training(index_dir, manifest, kind, source, network):
+    """(the kind to publish, the training to publish with or None). `--trained`'s
+    training is copied in (checked against the index's model); an index that has one
+    keeps it. Either way the training decides the kind: another --kind is refused."""
+    have = manifest.training if manifest else None
+    adopted = have
+    if source is not None:
+        src, src_manifest = source
+        if manifest is not None:
+            fingerprint, pre = manifest.model.fingerprint, manifest.preprocess.signature
+        else:
+            fingerprint, pre = network.fingerprint, network.preprocess.signature()
+        training.check_model(src, src_manifest, fingerprint, pre, index_dir)
+        adopted = training.adopt(index_dir, src, src_manifest.training)
+    if adopted is None:
+        return kind or (manifest.kind_requested if manifest else "flat"), None
+    if kind is not None and kind != adopted.kind:
+        raise UserError(
+            f"{index_dir} adds to the {adopted.kind} training of {adopted.source}: "
+            f"--kind {kind} would drop it; leave --kind out or index into another --index"
+        )
+    return adopted.kind, adopted
+
+
+def _learn(index_dir, cat, manifest, network, kind, planned, space, space_dim):
+    """`--train-only`: the training learnt from the sample's vectors (training.py)."""
+    dim = manifest.dimension if manifest is not None else network.dimension
+    _, vecs = cat.vectors(dim)
+    space = space or (manifest.space_requested if manifest else "") or spaces.DEFAULT_SPACE
+    space_dim = space_dim or (manifest.space_dim if manifest else 0) or spaces.DEFAULT_DIM
+    return training.learn(index_dir, vecs, kind, max(planned, len(vecs)), space, space_dim)
 
 
 def describe_published(summary, manifest: Manifest, t0: float):
@@ -338,21 +401,30 @@ def publish(
     search space over them (unless `space` is paper; None keeps what the manifest asked
     for, whitened for an index made before search spaces), keep the binary codes in
     step, and publish all with the next generation of `manifest` (the caller holds the
-    index's lock). Returns the published manifest."""
+    index's lock). An index with a shared training (training.py) adds its vectors to
+    the trained indexes in the training's kind instead of training. Returns the
+    published manifest."""
     ids, vecs = cat.vectors(manifest.dimension)
-    chosen = vectors.choose_kind(kind, len(ids), manifest.dimension, max_memory)
-    index = vectors.build_faiss(chosen, ids, vecs)
+    trained = None
+    if manifest.training:
+        chosen = manifest.training.kind
+        paper, pca, space_index = training.read(index_dir, manifest.training)
+        trained = (manifest.training, pca, space_index)
+        index = vectors.build_faiss(chosen, ids, vecs, trained=paper)
+    else:
+        chosen = vectors.choose_kind(kind, len(ids), manifest.dimension, max_memory)
+        index = vectors.build_faiss(chosen, ids, vecs)
     gen = manifest.generation + 1
-    old = manifest.vectors_file
     name = vectors.write_faiss(index_dir, index, gen)
     space = space or manifest.space_requested or spaces.DEFAULT_SPACE
     space_dim = space_dim or manifest.space_dim or spaces.DEFAULT_DIM
-    old_space = manifest.space
-    new_space, note = spaces.refresh(index_dir, old_space, space, space_dim, ids, vecs, chosen, gen)
+    new_space, note = spaces.refresh(
+        index_dir, manifest.space, space, space_dim, ids, vecs, chosen, gen, trained
+    )
     ok, failed = cat.count()
     old_codes = manifest.codes
     new_codes = codes.refresh(index_dir, old_codes, ids, vecs, gen) if old_codes else None
-    manifest = replace(
+    published = replace(
         manifest,
         kind=chosen,
         kind_requested=kind,
@@ -366,18 +438,23 @@ def publish(
         space_dim=space_dim,
         space_note=note,
     )
-    write_manifest(index_dir, manifest)
-    if old_space:
-        for f in old_space.files() - (new_space.files() if new_space else set()):
-            try:
-                (index_dir / f).unlink()
-            except FileNotFoundError:
-                pass
-    if old_codes:
-        codes.remove_stale(index_dir, old_codes, new_codes)
-    if old and old != name:
-        try:  # readers that opened the old manifest a moment ago may still read it: harmless
-            (index_dir / old).unlink()
+    write_manifest(index_dir, published)
+    remove_replaced(index_dir, manifest, published)
+    return published
+
+
+def remove_replaced(index_dir: Path, old: Manifest, new: Manifest) -> None:
+    """Delete the files of generation `old` that `new` (just published) no longer names:
+    vectors, search space, codes, a training it was built from. Readers that opened the
+    old manifest a moment ago keep reading through their memory maps: harmless."""
+    keep = set(new.training.files() if new.training else ())
+    keep |= {new.vectors_file} | (new.space.files() if new.space else set())
+    keep |= new.codes.files() if new.codes else set()
+    stale = {old.vectors_file} | (old.space.files() if old.space else set())
+    stale |= old.codes.files() if old.codes else set()
+    stale |= old.training.files() if old.training else set()
+    for f in stale - keep - {""}:
+        try:
+            (index_dir / f).unlink()
         except FileNotFoundError:
             pass
-    return manifest

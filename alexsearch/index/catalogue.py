@@ -270,6 +270,13 @@ class Catalogue:
             for i, c, p in self._labels_query(q, (*classes, float(min_prob)))
         ]
 
+    def labels_with_paths(self) -> list[tuple[int, int, float, str]]:
+        """(rank, class, probability, path) of every stored label (for merge)."""
+        return self._labels_query(
+            "SELECT l.rank, l.class, l.prob, f.path FROM labels l JOIN files f ON f.id = l.file_id",
+            (),
+        )
+
     def labelled_count(self) -> int:
         """How many ok files have labels."""
         q = (

@@ -59,6 +59,7 @@ def describe(index_dir: Path, named: bool = True) -> dict:
         "bytes_on_disk": disk_bytes(index_dir),
         "updated": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.updated)),
         "codes": m.codes.describe() if m.codes else "none (alexsearch codes)",
+        "training": m.training.describe() if m.training else "",
         "labels": _labels(labelled, ok, names),
         "failures": failures,
     }

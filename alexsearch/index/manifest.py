@@ -10,6 +10,8 @@ An index is a folder:
     space-<gen>.faiss, whiten-<gen>.faissvt   the whitened search space and its learnt
                           transform, when the index has one (spaces.py)
     codes-<gen>.*, autoencoder-<gen>.pt   binary codes, when built (codes.py)
+    trained-<sig>.faiss, trained-space-<sig>.faiss, whiten-trained-<sig>.faissvt
+                          a shared IVF training, when the index has one (training.py)
     .lock                 held (flock) by the one process writing the index (lock.py)
 
 A new generation is written aside and published by replacing the manifest, so a reader
@@ -127,6 +129,32 @@ class SpaceRecord:
 
 
 @dataclass
+class TrainingRecord:
+    """An IVF training shared by the shards of a collection (training.py): the empty
+    trained indexes every publish adds to instead of training, named by its signature."""
+
+    kind: str  # ivfpq or ivfsq
+    signature: str  # SHA-1 of the files below: equal signatures merge without training
+    planned: int  # the collection size it was sized for (its number of inverted lists)
+    nlist: int
+    sample: int  # vectors it was trained on
+    paper_file: str  # the empty trained index over raw fc7
+    space_file: str = ""  # the empty trained index of the whitened space, if any
+    transform_file: str = ""  # the whitening it applies
+    space_dim: int = 0
+    source: str = ""  # the index it was learnt in (`index --train-only`)
+
+    def files(self) -> set[str]:
+        return {f for f in (self.paper_file, self.space_file, self.transform_file) if f}
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind}, {self.nlist} lists, trained on {self.sample} vectors for "
+            f"{self.planned} ({self.signature[:12]}, from {self.source})"
+        )
+
+
+@dataclass
 class Manifest:
     """manifest.json: what a published generation of an index is."""
 
@@ -151,6 +179,7 @@ class Manifest:
     space_note: str = ""  # why a whitened space was asked for but the index answers in paper
     shard: str = ""  # "I/N": the index holds shard I of N of its photos (index --shard)
     merged_from: list = field(default_factory=list)  # the shard indexes `merge` unioned
+    training: TrainingRecord | None = None  # a shared IVF training (index --trained)
 
     def default_space(self) -> str:
         """The space a query answers in when it names none."""
@@ -179,7 +208,7 @@ class Manifest:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("codes", "space"):
+        for key in ("codes", "space", "training"):
             if d[key] is None:
                 del d[key]
         return d
@@ -193,6 +222,8 @@ class Manifest:
             d["codes"] = CodesRecord(**_known(CodesRecord, d["codes"]))
         if d.get("space"):
             d["space"] = SpaceRecord(**_known(SpaceRecord, d["space"]))
+        if d.get("training"):
+            d["training"] = TrainingRecord(**_known(TrainingRecord, d["training"]))
         return cls(**d)
 
 

@@ -10,11 +10,20 @@ it is finished by running it again.
 Incremental: a row whose shard copy is unchanged (same path, size, mtime and indexing
 time) is not rewritten, so merging again after one shard was updated rewrites only what
 changed there, keeps the ids of the rest, and drops what no shard holds any more: the
-same paths and vectors as indexing every photo at once.
+same paths and vectors as indexing every photo at once. The files' top-5 classes
+(labels) come along with them.
 
 Refused, in one line: shards built with other weights, preprocessing, precision, kind
 or search space than the first; two shards holding the same path; an OUT that is an
 ordinary index (its own photos would be replaced) or was built with other weights.
+
+Shards that share one training (training.py: `index --trained TRAIN`) are not trained
+or encoded again: their published FAISS indexes are joined, inverted list by inverted
+list (merge_faiss), renumbered to OUT's ids; so is the whitened space's. Shards whose
+binary codes come from one autoencoder (byte for byte: `codes --autoencoder`, or the
+training index's) have their codes carried over, not encoded again. Otherwise OUT is
+built from the union's vectors (trained on them for an IVF kind without a training),
+and its codes, if it has an autoencoder of its own, are encoded with it.
 """
 
 from __future__ import annotations
@@ -27,10 +36,13 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import IndexError_, UserError
 from .catalogue import Catalogue
 from .lock import write_lock
-from .manifest import Manifest, open_existing, read_manifest
+from .manifest import CodesRecord, Manifest, open_existing, read_manifest, write_manifest
+from .vectors import copy_index
 
 COLUMNS = "path, size, mtime_ns, digest, status, reason, vector, thumb, indexed_at"
 
@@ -52,6 +64,8 @@ class MergeSummary:
     weights: str = ""
     precision: str = ""
     space: str = ""
+    training: str = ""  # how the FAISS indexes were made: joined, added, or trained
+    codes: str = ""  # the binary codes: carried over, encoded again, or why none
     seconds: float = 0.0
 
 
@@ -83,7 +97,7 @@ def check_compatible(ref: Manifest, ref_dir: Path, m: Manifest, d: Path) -> None
 
 def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> MergeSummary:
     """Merge the published indexes `shard_dirs` into the index at `out_dir`."""
-    from .build import describe_published, publish
+    from .build import describe_published, publish, remove_replaced
 
     t0 = time.perf_counter()
     dirs = [Path(d) for d in shard_dirs]
@@ -131,17 +145,201 @@ def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> Mer
                 space_requested=ref.space_requested,
                 space_dim=ref.space_dim,
             )
+        previous = out
         out = replace(out, merged_from=[os.path.abspath(d) for d in dirs], shard="")
         cat = Catalogue(out_dir / "catalogue.sqlite")
         try:
-            out = publish(
-                out_dir, cat, out, ref.kind_requested, max_memory,
-                ref.space_requested or None, ref.space_dim or None,
-            )  # fmt: skip
+            pairs = [_id_pairs(out_dir / "catalogue.sqlite", d) for d in dirs]
+            gen = out.generation + 1
+            carried, summary.codes = _carry_codes(out_dir, dirs, manifests, pairs, gen)
+            shared = _shared_training(manifests)
+            if shared is not None:
+                from .training import adopt
+
+                adopt(out_dir, dirs[0], shared)
+            out = replace(out, training=shared, codes=carried or out.codes)
+            if carried is None and out.codes:
+                summary.codes = f"encoded again with {out_dir}'s own autoencoder"
+            published, summary.training = None, "trained on the union's vectors"
+            if shared is not None and (carried is not None or not out.codes):
+                published, why = _join_trained(out_dir, cat, out, dirs, manifests, pairs)
+                summary.training = why
+            elif shared is not None:
+                summary.training = f"shared training {shared.signature[:12]}: vectors added "
+                summary.training += "to it again (to encode OUT's own codes)"
+            if published is None:
+                published = publish(
+                    out_dir, cat, out, ref.kind_requested, max_memory,
+                    ref.space_requested or None, ref.space_dim or None,
+                )  # fmt: skip
+            if previous is not None:
+                remove_replaced(out_dir, previous, published)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
             cat.close()
-    return describe_published(summary, out, t0)
+    return describe_published(summary, published, t0)
+
+
+def _id_pairs(out_path: Path, shard_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(shard ids, OUT ids) of the shard's ok files, by path, sorted by shard id."""
+    import urllib.parse
+
+    uri = f"file:{urllib.parse.quote(str(shard_dir / 'catalogue.sqlite'))}?mode=ro"
+    db = sqlite3.connect(f"file:{urllib.parse.quote(str(out_path))}?mode=ro", uri=True)
+    try:
+        db.execute("ATTACH DATABASE ? AS shard", (uri,))
+        rows = db.execute(
+            "SELECT s.id, o.id FROM shard.files AS s JOIN main.files AS o ON o.path = s.path"
+            " WHERE s.status = 'ok' ORDER BY s.id"
+        ).fetchall()
+    finally:
+        db.close()
+    pairs = np.asarray(rows, np.int64).reshape(-1, 2)
+    return pairs[:, 0].copy(), pairs[:, 1].copy()
+
+
+def _shared_training(manifests: list[Manifest]):
+    """The training every shard was built from, or None when they do not share one."""
+    first = manifests[0].training
+    if first is None or any(
+        m.training is None or m.training.signature != first.signature for m in manifests
+    ):
+        return None
+    return first
+
+
+def _carry_codes(out_dir, dirs, manifests, pairs, gen) -> tuple[CodesRecord | None, str]:
+    """OUT's codes from the shards', renumbered to OUT's ids, when every shard has codes
+    from the same autoencoder (the same bytes); (None, why) otherwise."""
+    import shutil
+
+    from ..atomic import atomic_write
+    from . import codes
+
+    entries = [m.codes for m in manifests]
+    if not any(entries):
+        return None, "none (no shard has binary codes)"
+    if not all(entries):
+        missing = next(d for d, e in zip(dirs, entries, strict=True) if not e)
+        return None, f"not carried: {missing} has no binary codes"
+    digests = [_sha1(d / e.autoencoder) for d, e in zip(dirs, entries, strict=True)]
+    if len(set(digests)) > 1:
+        other = next(d for d, h in zip(dirs, digests, strict=True) if h != digests[0])
+        return None, (
+            f"not carried: {other} and {dirs[0]} encode with other autoencoders (give "
+            "every shard the same one: alexsearch codes --autoencoder FILE)"
+        )
+    ids, packed, sig = [], [], []
+    for d, e, (old, new) in zip(dirs, entries, pairs, strict=True):
+        try:
+            with np.load(d / e.codes_file) as z:
+                c_ids, c_codes, c_sig = z["ids"], z["codes"], z["sig"]
+        except (OSError, KeyError, ValueError) as err:
+            return None, f"not carried: {d / e.codes_file} is unreadable ({err})"
+        at = np.clip(np.searchsorted(old, c_ids), 0, max(len(old) - 1, 0))
+        known = (old[at] == c_ids) if len(old) else np.zeros(len(c_ids), bool)
+        ids.append(new[at[known]])
+        packed.append(c_codes[known])
+        sig.append(c_sig[known])
+    first = entries[0]
+    order = np.argsort(np.concatenate(ids), kind="stable")
+    ids_all = np.concatenate(ids)[order]
+    codes_all = np.concatenate(packed)[order]
+    sig_all = np.concatenate(sig)[order]
+    coder = f"autoencoder-{digests[0][:16]}.pt"
+    if not (out_dir / coder).exists():
+        with open(dirs[0] / first.autoencoder, "rb") as f:
+            atomic_write(out_dir / coder, lambda o: shutil.copyfileobj(f, o, 1 << 20))
+    npz, fname = codes._write_codes(out_dir, gen, ids_all, codes_all, sig_all, first.bits)
+    record = replace(
+        first,
+        autoencoder=coder,
+        codes_file=npz,
+        index_file=fname,
+        kind=codes.binary_kind(len(ids_all)),
+        count=len(ids_all),
+        reencoded=0,
+        updated=time.time(),
+    )
+    return record, f"carried over: {len(ids_all)} {first.bits}-bit codes, none encoded again"
+
+
+def _sha1(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest | None, str]:
+    """Publish OUT by joining the shards' FAISS indexes, all built from OUT's training
+    (`out.training`): nothing trained or encoded again. (None, why) when a shard's
+    published indexes do not hold exactly its catalogue's ok files (a run stopped
+    before publishing), or OUT's codes would need encoding: OUT is then built from the
+    union's vectors, added to the same training."""
+    from .manifest import SpaceRecord
+    from .spaces import SHRINK
+    from .vectors import read_faiss, write_faiss
+
+    t = out.training
+    added = f"shared training {t.signature[:12]}: vectors added to it again"
+    ok_ids = np.array([i for (i,) in cat.db.execute("SELECT id FROM files WHERE status='ok'")])
+    if out.codes is not None and out.codes.count != len(ok_ids):
+        return None, added + " (to encode the codes a shard has not published)"
+    whitened = all(m.space is not None for m in manifests)
+    if whitened and any(m.space.transform_file != t.transform_file for m in manifests):
+        return None, added + " (a shard learnt its own whitening)"
+    if out.space_requested != "paper" and t.space_file and not whitened:
+        return None, added + " (a shard has no whitened space)"
+    gen = out.generation + 1
+    files = {"vectors": [m.vectors_file for m in manifests]}
+    if whitened:
+        files["space"] = [m.space.index_file for m in manifests]
+    names = {}
+    for prefix, shard_files in files.items():
+        parts = []
+        for d, name, (old, new) in zip(dirs, shard_files, pairs, strict=True):
+            index = read_faiss(d, name)
+            if not np.array_equal(np.sort(_ids_of(index)), old):
+                return None, added + f" ({d} has changes it has not published)"
+            parts.append((index, old, new))
+        merged = merge_faiss(parts)
+        if merged.ntotal != len(ok_ids):
+            return None, added + " (the shards' indexes miss files)"
+        names[prefix] = write_faiss(out_dir, merged, gen, prefix)
+    space, note = None, manifests[0].space_note
+    if "space" in names:
+        space = SpaceRecord(
+            "whitened", t.space_dim, SHRINK, t.sample, t.sample, gen, t.transform_file,
+            names["space"], t.kind,
+        )  # fmt: skip
+        note = ""
+    ok, failed = cat.count()
+    published = replace(
+        out,
+        kind=t.kind,
+        kind_requested=t.kind,
+        generation=gen,
+        vectors_file=names["vectors"],
+        counts={"ok": ok, "failed": failed},
+        updated=time.time(),
+        space=space,
+        space_note=note,
+    )
+    write_manifest(out_dir, published)
+    return published, (
+        f"shared training {t.signature[:12]}: the shards' inverted lists joined, "
+        "nothing trained or encoded again"
+    )
+
+
+def _ids_of(index) -> np.ndarray:
+    import faiss
+
+    return faiss.vector_to_array(_id_map(index).id_map)
 
 
 def _is_empty(path: Path) -> bool:
@@ -182,11 +380,11 @@ def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
         before = db.execute(
             "SELECT COUNT(*) FROM files WHERE path IN (SELECT path FROM temp.seen)"
         ).fetchone()[0]
-        changes = db.total_changes
+        written = 0  # rows inserted or updated (rowcount: not the labels' triggers' deletes)
         for d in dirs:
             src = Catalogue(d / "catalogue.sqlite", readonly=True)
             try:
-                db.executemany(
+                written += db.executemany(
                     f"INSERT INTO files ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(path) DO UPDATE SET size=excluded.size, "
                     "mtime_ns=excluded.mtime_ns, digest=excluded.digest, status=excluded.status,"
@@ -195,10 +393,11 @@ def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
                     " OR files.size != excluded.size OR files.mtime_ns != excluded.mtime_ns "
                     "OR files.status != excluded.status",
                     src.db.execute(f"SELECT {COLUMNS} FROM files ORDER BY id"),
-                )
+                ).rowcount
             finally:
                 src.close()
-        written = db.total_changes - changes
+        for d in dirs:  # after the files: a changed vector's trigger dropped its labels
+            _copy_labels(db, d / "catalogue.sqlite")
         summary.added = seen - before
         summary.updated = written - summary.added
         summary.unchanged = seen - written
@@ -214,6 +413,28 @@ def _union(out_path: Path, dirs: list[Path], summary: MergeSummary) -> None:
         raise IndexError_(f"cannot write {out_path} ({e}); it is unchanged") from None
     finally:
         db.close()  # an open transaction is rolled back
+
+
+def _copy_labels(db, shard_db: Path) -> None:
+    """The shard's top-5 classes of its files onto OUT's rows of the same paths, and
+    the class names they are numbered in (the shards share weights, so names)."""
+    src = Catalogue(shard_db, readonly=True)
+    try:
+        names = src.class_names()
+        if names is None:
+            return  # a shard made before labels: its files are labelled by no one
+        db.execute(
+            "INSERT INTO meta (key, value) VALUES ('classes', ?) ON CONFLICT(key) DO UPDATE"
+            " SET value=excluded.value",
+            (json.dumps(names),),
+        )
+        db.executemany(
+            "INSERT OR REPLACE INTO labels (file_id, rank, class, prob) "
+            "SELECT id, ?, ?, ? FROM files WHERE path = ?",
+            src.labels_with_paths(),
+        )
+    finally:
+        src.close()
 
 
 def _roots(db) -> list[str]:
@@ -247,7 +468,7 @@ def trained_signature(index) -> str:
 
     import faiss
 
-    empty = faiss.clone_index(index)
+    empty = copy_index(index)
     empty.reset()
     return hashlib.sha1(faiss.serialize_index(empty).tobytes()).hexdigest()
 
@@ -284,7 +505,6 @@ def merge_faiss(parts):
     for the IVF kinds. parts: [(index, old_ids, new_ids)], each renumbered to the merged
     catalogue's ids first. Shards trained apart are refused: their codes would mean
     other things."""
-    import faiss
 
     if not parts:
         raise UserError("nothing to merge")
@@ -294,10 +514,10 @@ def merge_faiss(parts):
             "the shards' indexes were trained apart (other centroids or codebooks): "
             "train once and build every shard from it"
         )
-    out = faiss.clone_index(parts[0][0])
+    out = copy_index(parts[0][0])
     renumber(out, parts[0][1], parts[0][2])
     for index, old, new in parts[1:]:
-        part = faiss.clone_index(index)
+        part = copy_index(index)
         renumber(part, old, new)
         _append(out, part)
     return out

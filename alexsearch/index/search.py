@@ -28,13 +28,21 @@ class Hit:
     label: str = ""  # with --label: the matching class among the photo's top-5
     prob: float | None = None  # and its probability
     index: str = ""  # the index it came from, in an answer over several (index/multi.py)
+    part: int | None = None  # and that index's position among them
 
     def to_dict(self) -> dict:
         d = self.distance if isinstance(self.distance, int) else round(self.distance, 6)
         out = {"rank": self.rank, "distance": d, "path": self.path, "id": self.id}
         if self.label:
             out.update(label=self.label, prob=round(self.prob, 6))
-        return {**out, "index": self.index} if self.index else out
+        return {**out, **_part_of(self)}
+
+
+def _part_of(hit) -> dict:
+    """The index and part naming a hit of an answer over several indexes ({} for one)."""
+    if not hit.index:
+        return {}
+    return {"index": hit.index, **({} if hit.part is None else {"part": hit.part})}
 
 
 @dataclass
@@ -44,10 +52,12 @@ class LabelHit:
     label: str  # the matching class among the photo's top-5
     path: str
     id: int
+    index: str = ""  # as Hit's, over several indexes
+    part: int | None = None
 
     def to_dict(self) -> dict:
         return {"rank": self.rank, "prob": round(self.prob, 6), "label": self.label,
-                "path": self.path, "id": self.id}  # fmt: skip
+                "path": self.path, "id": self.id, **_part_of(self)}  # fmt: skip
 
 
 @dataclass

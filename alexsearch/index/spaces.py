@@ -184,17 +184,29 @@ def read_transform(index_dir: Path, name: str):
         raise IndexError_(f"{p}: unreadable transform ({str(e).splitlines()[0][:120]})") from None
 
 
-def refresh(index_dir: Path, old, requested: str, dim: int, ids, vecs, kind: str, gen: int):
+def refresh(
+    index_dir: Path, old, requested: str, dim: int, ids, vecs, kind: str, gen: int,
+    training=None,
+):  # fmt: skip
     """(SpaceRecord or None, note) for generation `gen` of an index: the whitened space
     over `vecs`, with the transform of `old` (the previous record) kept unless the
     dimension changed or the collection grew or shrank by half, learnt again otherwise;
-    None and why when `requested` is paper or the collection is too small."""
+    None and why when `requested` is paper or the collection is too small. training:
+    (TrainingRecord, its transform, its trained empty index) of a shared training
+    (training.py) that holds a whitened space: that space, never learnt again."""
     from .manifest import SpaceRecord
     from .vectors import build_faiss, write_faiss
 
     n = len(ids)
     if requested == "paper":
         return None, "asked for with --space paper"
+    if training is not None and training[0].space_file:
+        record, _, trained = training
+        name = write_faiss(index_dir, build_faiss(kind, ids, vecs, trained=trained), gen, "space")
+        return SpaceRecord(
+            "whitened", record.space_dim, SHRINK, record.sample, record.sample, gen,
+            record.transform_file, name, kind,
+        ), ""  # fmt: skip
     fit = fitting_dim(dim, n)
     if fit is None:
         least = min_vectors(max(dim // 4, 1))

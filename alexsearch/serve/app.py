@@ -12,6 +12,12 @@ the JSON API it uses, every answer from the library (alexsearch.api.Index).
     GET  /api/map             t-SNE positions of the current generation (cached)
     GET  /api/kernels         the conv1 kernels of the index's weights (PNG)
 
+Over several indexes (an alexsearch.api.MultiIndex: `serve --index A --index B`) a photo
+is named "PART:ID" (its index's position, its catalogue id there) wherever one index
+takes an id: `id` of /api/query, /api/thumb/{ref}, /api/image/{ref}; each hit carries
+its `index` and `part`; /api/info gives the totals and each index under `parts`. What
+belongs to one index (binary codes, duplicates, the t-SNE map) answers 400: merge first.
+
 Files are reached by catalogue id only (paths are only display text); nothing is written
 but the t-SNE cache, and nothing is moved. Errors
 are {"error": "one line"} with a 4xx status (503 when the index itself went away, 500
@@ -108,8 +114,12 @@ def _bool(value) -> bool:
 
 
 def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) -> Starlette:
-    """The app serving index `ix` (an opened alexsearch.api.Index). loopback: refuse
-    requests whose Host is not a loopback name (the server is bound to loopback)."""
+    """The app serving index `ix` (an opened alexsearch.api.Index, or a MultiIndex for
+    several). loopback: refuse requests whose Host is not a loopback name (the server is
+    bound to loopback)."""
+    from ..api import MultiIndex
+
+    several = isinstance(ix, MultiIndex)
 
     async def page(request: Request) -> Response:
         return _page_file("index.html")
@@ -140,6 +150,11 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         rerank = _int(fields.get("rerank", 0) or 0, "rerank", 0, 100_000)
         label = str(fields["label"]) if fields.get("label") not in (None, "") else None
         by_label = {"label": label, "min_prob": _prob(fields.get("min_prob", 0.0))}
+        if several:
+            if label is not None:
+                raise BadRequest("a photo's neighbours within a class answer over one index: "
+                                 "merge the indexes first (alexsearch merge)")  # fmt: skip
+            by_label = {}
         if image is not None:
             if not image:
                 raise BadRequest("the uploaded image is empty")
@@ -148,7 +163,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
             if res.error:
                 raise BadRequest(f"the uploaded image cannot be used: {res.error}")
         elif "id" in fields:
-            file_id = _int(fields["id"], "id", 0, 2**62)
+            file_id = str(fields["id"]) if several else _int(fields["id"], "id", 0, 2**62)
             found = await run_in_threadpool(ix.query_ids, file_id, k, binary, rerank, **by_label)
             res = found[0]
         else:
@@ -227,8 +242,8 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         Route("/api/query", query, methods=["POST"]),
         Route("/api/label", label),
         Route("/api/duplicates", duplicates),
-        Route("/api/thumb/{id:int}", thumb),
-        Route("/api/image/{id:int}", image),
+        Route("/api/thumb/{id}" if several else "/api/thumb/{id:int}", thumb),
+        Route("/api/image/{id}" if several else "/api/image/{id:int}", image),
         Route("/api/map", tsne_map),
         Route("/api/kernels", kernels),
     ]

@@ -35,6 +35,12 @@ function status(text, isError) {
   el.className = isError ? "error" : "";
 }
 
+// A hit's photo reference: its catalogue id, or over several indexes "PART:ID" (ids are
+// per index; the server names each hit's part).
+function refOf(h) {
+  return h.part === undefined ? h.id : h.part + ":" + h.id;
+}
+
 function basename(path) {
   return (path || "").split(/[\\/]/).pop();
 }
@@ -136,7 +142,7 @@ function renderResults(res, mode) {
   const bits = mode === "binary";
   for (const h of res.neighbours) {
     const d = bits ? h.distance + " bits" : h.distance.toFixed(3);
-    grid.append(photoLink(h.id, h.path, "#" + h.rank + "  " + d));
+    grid.append(photoLink(refOf(h), h.path, "#" + h.rank + "  " + d, h.index));
   }
   const note = res.precision ? ` (query ${res.precision}, index ${res.index_precision})` : "";
   status(res.neighbours.length + " nearest" + note);
@@ -144,13 +150,14 @@ function renderResults(res, mode) {
 
 // -- a photo as a link that searches from it ("more like this")
 
-function photoLink(id, path, caption) {
+function photoLink(id, path, caption, index) {
   const a = document.createElement("a");
   a.className = "hit";
   a.dataset.id = id;
   const s = { ...params(), id: String(id), view: "search" };
   a.href = urlFor(s);
-  a.title = path;
+  a.title = index ? path + "\nfrom the index " + index : path;
+  if (index) a.dataset.index = index;
   const img = document.createElement("img");
   img.loading = "lazy";
   img.src = "/api/image/" + id;
@@ -186,7 +193,7 @@ async function searchLabel(word, k) {
     $("label-head").textContent = `class "${j.label}": ${j.classes.join(", ")}` +
       (j.unlabelled ? ` (${j.unlabelled} photos not labelled yet)` : "");
     $("results").replaceChildren(...j.photos.map((h) =>
-      photoLink(h.id, h.path, `${h.label} ${(h.prob * 100).toFixed(1)}%`)));
+      photoLink(refOf(h), h.path, `${h.label} ${(h.prob * 100).toFixed(1)}%`, h.index)));
     status(j.photos.length + " photos of " + j.classes.join(", "));
   } catch (e) {
     status(e.message, true);
@@ -403,12 +410,16 @@ function renderInfo() {
   if (!INFO) return;
   const rows = ["index", "files", "failed", "weights", "fingerprint", "kind", "precision",
     "geometry", "codes", "generation", "updated", "bytes_on_disk"];
-  $("info-table").replaceChildren(...rows.filter((r) => r in INFO).map((r) => {
+  // over several indexes: the totals, then one line a part
+  const parts = (INFO.parts || []).map((p, i) => [`index ${i}`,
+    `${p.index}: ${p.files} photos, ${p.failed} failed, generation ${p.generation}`]);
+  $("info-table").replaceChildren(...rows.filter((r) => r in INFO && !(INFO.parts &&
+    r === "index")).map((r) => [r, INFO[r]]).concat(parts).map(([r, v]) => {
     const tr = document.createElement("tr");
     const a = document.createElement("td");
     const b = document.createElement("td");
     a.textContent = r;
-    b.textContent = String(INFO[r]);
+    b.textContent = String(v);
     tr.append(a, b);
     return tr;
   }));
@@ -417,6 +428,7 @@ function renderInfo() {
     const a = document.createElement("td");
     const b = document.createElement("td");
     a.textContent = f.path;
+    if (f.index) a.title = "in the index " + f.index;
     b.textContent = f.reason;
     tr.append(a, b);
     return tr;
@@ -428,8 +440,9 @@ async function start() {
     const r = await fetch("/api/info");
     INFO = await r.json();
     if (!r.ok) throw new Error(INFO.error || r.statusText);
-    $("summary").textContent = `${INFO.files} photos · ${INFO.kind || ""} · ` +
-      `generation ${INFO.generation}`;
+    $("summary").textContent = INFO.parts
+      ? `${INFO.files} photos in ${INFO.parts.length} indexes (not merged) · ${INFO.kind}`
+      : `${INFO.files} photos · ${INFO.kind || ""} · generation ${INFO.generation}`;
     if (INFO.binary) {
       $("mode-box").hidden = false;
       $("mode-binary").textContent =
