@@ -12,7 +12,7 @@ process owns, that the kernel cannot drop) and VmHWM (the peak of all resident p
 counting file pages read or written through a mapping, which the page cache lends and
 reclaims under pressure). "opened": the anonymous RSS that vectors.read_faiss of the
 written index and 8 queries add in a fresh process (both forms map their lists; the id
-map and its reverse map are in RAM).
+map and its reverse map are in RAM); "query": one query's median latency there.
 Vectors are 256-d (the IVF kinds' PCA output, as in
 bench/scale.py), fc7-like (ReLU of Gaussian noise); the shards are written once under
 --work and reused while their parameters are the same.
@@ -69,16 +69,22 @@ def prepare(work: Path, n: int, shards: int, kind: str) -> None:
 
 def opened(folder: Path) -> None:
     """The anonymous RSS vectors.read_faiss of a merged index and 8 queries add, in a
-    fresh process (what a query process pays); prints it as JSON."""
+    fresh process (what a query process pays), and one query's median latency (k=10,
+    nprobe 16, one thread, pages in the page cache); prints them as JSON."""
     import faiss
+    from scale import fc7_like, latency
 
     from alexsearch.index import vectors
 
     before = status_kb("RssAnon")
     index = vectors.read_faiss(folder, "vectors-1.faiss")
     faiss.extract_index_ivf(index).nprobe = 16
-    index.search(np.ones((8, DIM), np.float32), 10)
-    print(json.dumps({"open_anon_mb": (status_kb("RssAnon") - before) / 1024}))
+    q = fc7_like(50, DIM, seed=1)
+    index.search(q[:8], 10)
+    grown = status_kb("RssAnon") - before
+    faiss.omp_set_num_threads(1)  # one query: what a server's request thread does
+    ms = latency(index, q, 100) * 1e3
+    print(json.dumps({"open_anon_mb": grown / 1024, "query_ms": ms}))
 
 
 def child(method: str, work: Path) -> None:
@@ -162,13 +168,13 @@ def main() -> None:
         rows[method] = run_child(method, a.work)
         rows[method].update(run_child(f"open-{method}", a.work))
     print(f"{'':26}{'seconds':>9}{'(writing)':>11}{'peak anon RSS':>15}{'VmHWM':>10}{'written':>11}"
-          f"{'opened':>10}")  # fmt: skip
+          f"{'opened':>10}{'query':>10}")  # fmt: skip
     for method, label in (("memory", "in memory (baseline)"), ("disk", "on disk (.ivfdata)")):
         r = rows[method]
         assert r["ntotal"] == a.n, r
         print(f"{label:26}{r['seconds']:>8.2f}s{r['write_s']:>10.2f}s{r['peak_anon_mb']:>12,.0f} MB"
               f"{r['hwm_mb']:>7,.0f} MB{r['written_mb']:>8,.0f} MB"
-              f"{r['open_anon_mb']:>7,.0f} MB")  # fmt: skip
+              f"{r['open_anon_mb']:>7,.0f} MB{r['query_ms']:>7.2f} ms")  # fmt: skip
     m, d = rows["memory"], rows["disk"]
     print(f"on disk / in memory: time x{d['seconds'] / m['seconds']:.2f}, "
           f"peak anon RSS x{d['peak_anon_mb'] / m['peak_anon_mb']:.3f}")  # fmt: skip
