@@ -136,13 +136,25 @@ def read_faiss(index_dir: Path, name: str):
     """The vectors file `name` of an index, memory-mapped and read-only."""
     import faiss
 
+    from . import ondisk
+
+    if ondisk.is_on_disk(index_dir, name):  # a merge's inverted lists in a file beside it
+        return ondisk.read_on_disk(index_dir, name)
     p = index_dir / name
     try:
         # Memory-mapped: opening costs nothing whatever the size (a flat 100k index is
         # 1.6 GB), pages come from the page cache, and a file a writer unlinks meanwhile
         # stays readable through the mapping.
-        return faiss.read_index(str(p), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        # ONDISK_SAME_DIR: an index with on-disk lists whose .ivfdata is gone fails here
+        # rather than opening a file of that name in the cwd
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR
+        return faiss.read_index(str(p), flags)
     except RuntimeError as e:
+        if "OnDiskInvertedLists" in str(e):  # it names an .ivfdata that is not beside it
+            raise IndexError_(
+                f"{index_dir / ondisk.ivfdata_name(name)}: missing (the inverted lists of "
+                f"{name}); merge the shards again (alexsearch merge)"
+            ) from None
         raise IndexError_(
             f"{p}: unreadable vectors file ({str(e).splitlines()[0][:120]})"
         ) from None
