@@ -54,7 +54,7 @@ def trained(tmp_path_factory, init_ckpt):
     photos = root / "photos"
     make(photos, per_class=50, seed=1)
     t = root / "train"
-    out = {"root": root, "photos": photos, "train": t}
+    out = {"root": root, "photos": photos, "train": t, "init_ckpt": init_ckpt}
     out["train_summary"] = build(photos, t, init_ckpt, kind="ivfpq", train_only=True, sample=SAMPLE)
     for name, shard in (("s0", "0/2"), ("s1", "1/2"), ("one", None)):
         out[name] = root / name
@@ -259,3 +259,33 @@ def test_shards_take_the_training_index_autoencoder_and_merge_carries_their_code
     assert s.codes == "carried over: 300 32-bit codes, none encoded again", s.codes
     leftovers = [p.name for p in s0.iterdir() if p.name.startswith("codes-0")]
     assert not leftovers  # the empty codes a shard started from are gone
+
+
+def test_merge_on_disk_answers_as_in_memory_and_needs_one_training(trained, tmp_path, capsys):
+    shards = [trained["s0"], trained["s1"]]
+    memory, disk, auto = tmp_path / "memory", tmp_path / "disk", tmp_path / "auto"
+    alexsearch.merge_indexes(shards, memory)
+    r = run_in_process(capsys, "merge", *shards, "--index", disk, "--on-disk", "--json")
+    assert "joined on disk" in json.loads(r.stdout)["training"]
+    m = read_manifest(disk)
+    for name in (m.vectors_file, m.space.index_file):
+        assert (disk / name).with_suffix(".ivfdata").is_file()
+    queries = sorted(str(p) for p in trained["photos"].rglob("*") if p.is_file())[::41]
+    for space in ("paper", "whitened"):
+        same_answers(answers(disk, queries, space), answers(memory, queries, space))
+    # past --max-memory the lists go to disk by themselves
+    s = alexsearch.merge_indexes(shards, auto, max_memory="1K")
+    assert "on disk" in s.training
+    # merged again in memory: the old generation's lists go with it
+    r = run_in_process(capsys, "merge", *shards, "--index", disk, "--in-memory", "--json")
+    assert "on disk" not in json.loads(r.stdout)["training"]
+    assert not list(disk.glob("*.ivfdata"))
+    same_answers(answers(disk, queries, "paper"), answers(memory, queries, "paper"))
+    # shards trained apart have no lists to join: refused before anything is written
+    plain = [tmp_path / "p0", tmp_path / "p1"]
+    for d, spec in zip(plain, ("0/8", "1/8"), strict=True):
+        build(trained["photos"], d, trained["init_ckpt"], shard=spec)
+    r = run_in_process(capsys, "merge", *plain, "--index", tmp_path / "no", "--on-disk",
+                       check=False)  # fmt: skip
+    one_line_error(r, "--on-disk joins the inverted lists of shards built from one training")
+    assert not (tmp_path / "no").exists()

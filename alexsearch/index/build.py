@@ -453,8 +453,12 @@ def remove_replaced(index_dir: Path, old: Manifest, new: Manifest) -> None:
     stale = {old.vectors_file} | (old.space.files() if old.space else set())
     stale |= old.codes.files() if old.codes else set()
     stale |= old.training.files() if old.training else set()
+    from .ondisk import ivfdata_name
+
     for f in stale - keep - {""}:
-        try:
-            (index_dir / f).unlink()
-        except FileNotFoundError:
-            pass
+        # a merged index's inverted lists may lie beside its .faiss (ondisk.py)
+        for name in (f, ivfdata_name(f)) if f.endswith(".faiss") else (f,):
+            try:
+                (index_dir / name).unlink()
+            except FileNotFoundError:
+                pass
