@@ -89,7 +89,10 @@ def build_index(
         if shard is not None:
             raise UserError("--shard: under torchrun each rank takes shard RANK/WORLD_SIZE")
         if train_only:
-            raise UserError("--train-only: run it once, without torchrun, then pass --trained")
+            raise UserError(
+                "--train-only: under torchrun rank 0 learns the training of an IVF kind "
+                "itself (OUT/training); run --train-only without torchrun for --trained"
+            )
         run = distributed.build
     return run(
         [Path(p) for p in paths],
@@ -110,10 +113,11 @@ def build_index(
         space=space,
         space_dim=space_dim,
         trained=None if trained is None else Path(trained),
+        sample=sample,
         **(
             {}
             if run is not build.run
-            else {"shard": shards.parse_shard(shard), "train_only": train_only, "sample": sample}
+            else {"shard": shards.parse_shard(shard), "train_only": train_only}
         ),
     )
 
@@ -123,19 +127,24 @@ def merge_indexes(
     index: str | os.PathLike | None = None,
     wait: bool = False,
     max_memory: int | str | None = None,
+    on_disk: bool | None = None,
 ):
     """One index at `index` from the shard indexes `shards` (what `alexsearch merge`
-    runs): catalogues unioned with new ids, vectors carried over, published atomically;
-    merging again after a shard changed updates only what changed. Shards built with
-    other weights, preprocessing, precision, kind or space, or holding the same path,
-    are refused. Returns the summary `merge --json` prints."""
+    runs): catalogues unioned with new ids, vectors, codes and labels carried over,
+    published atomically; merging again after a shard changed updates only what changed.
+    Shards built from one training (build_index(trained=...)) are joined list by list,
+    nothing trained or encoded again; on_disk puts those lists in memory-mapped .ivfdata
+    files (None: when the shards' indexes exceed max_memory). Shards built with other
+    weights, preprocessing, precision, kind or space, or holding the same path, are
+    refused. Returns the summary `merge --json` prints."""
     from .index import merge
 
     if isinstance(shards, (str, os.PathLike)):
         shards = [shards]
     return merge.merge(
-        [Path(s) for s in shards], manifest.resolve_dir(index), wait, parse_bytes(max_memory)
-    )
+        [Path(s) for s in shards], manifest.resolve_dir(index), wait, parse_bytes(max_memory),
+        on_disk,
+    )  # fmt: skip
 
 
 def build_codes(

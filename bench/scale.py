@@ -58,8 +58,8 @@ PCA_BYTES = DIM * PCA_DIM * 4 + DIM * 4  # the IVF kinds' PCA matrix and mean
 def ivf_index(kind: str, n: int):
     """The product's `kind` (vectors.train_faiss: nlist = 4 sqrt(n), nprobe 16) over n
     vectors already at the 256 dimensions its PCA keeps: the codes, lists and search
-    cost are those of the 4096-d index; learning a 4096-d PCA would take this bench
-    minutes and changes neither (its matrix is PCA_BYTES, its query cost timed apart)."""
+    cost are those of the 4096-d index; learning the 4096-d PCA would add seconds a
+    size and changes neither (its matrix is PCA_BYTES, its query cost timed apart)."""
     from alexsearch.index import vectors
 
     x = fc7_like(n, PCA_DIM, seed=4)

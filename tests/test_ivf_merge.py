@@ -48,7 +48,7 @@ def test_ivfpq_built_as_4_shards_and_merged_recalls_like_one_piece():
     assert r_one > 0.5  # a working index, not two equally broken ones
     assert abs(r_merged - r_one) <= 0.01, (r_merged, r_one)
     # the merged vectors carry the merged catalogue's ids
-    held = faiss.vector_to_array(faiss.downcast_index(merged).id_map)
+    held = merge.ids_of(merged)
     assert sorted(held.tolist()) == ids.tolist()
     assert set(merged.search(q, K)[1].ravel().tolist()) <= set(ids.tolist())
 

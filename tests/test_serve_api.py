@@ -637,7 +637,7 @@ def test_uploads_embed_at_most_one_a_core_at_a_time(opened, site, monkeypatch):
     import threading
     import time
 
-    import httpx
+    import httpx2 as httpx
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     app = create_app(opened)

@@ -155,9 +155,13 @@ def test_label_combines_the_parts_by_probability(client, shards):
         got = r.json()
         assert got["classes"] == want.classes and got["unlabelled"] == want.unlabelled
         # most probable first, as one index of them all (ties may fall in another order)
-        assert [h["prob"] for h in got["photos"]] == [round(h.prob, 6) for h in want.hits]
-        by_path = {h.path: round(h.prob, 6) for h in want.hits}
-        assert all(by_path.get(h["path"]) == h["prob"] for h in got["photos"]) or k == 4
+        # (a shard's fc8 ran in other batches than the whole's: the 6th decimal may differ)
+        np.testing.assert_allclose([h["prob"] for h in got["photos"]],
+                                   [h.prob for h in want.hits], atol=2e-6)  # fmt: skip
+        by_path = {h.path: h.prob for h in want.hits}
+        assert k == 4 or all(
+            abs(by_path.get(h["path"], -1) - h["prob"]) <= 2e-6 for h in got["photos"]
+        )
         assert [h["rank"] for h in got["photos"]] == list(range(1, len(want.hits) + 1))
         assert {h["part"] for h in got["photos"]} <= {0, 1}
     assert len(got["photos"]) > 4 and {h["part"] for h in got["photos"]} == {0, 1}

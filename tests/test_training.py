@@ -8,7 +8,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from helpers import one_line_error, run_in_process
+from helpers import SAFETY_TIMEOUT, one_line_error, run_in_process
 from make_shapes import make
 
 import alexsearch
@@ -54,7 +54,7 @@ def trained(tmp_path_factory, init_ckpt):
     photos = root / "photos"
     make(photos, per_class=50, seed=1)
     t = root / "train"
-    out = {"root": root, "photos": photos, "train": t}
+    out = {"root": root, "photos": photos, "train": t, "init_ckpt": init_ckpt}
     out["train_summary"] = build(photos, t, init_ckpt, kind="ivfpq", train_only=True, sample=SAMPLE)
     for name, shard in (("s0", "0/2"), ("s1", "1/2"), ("one", None)):
         out[name] = root / name
@@ -216,3 +216,76 @@ def test_training_options_are_refused_in_one_line(trained, init_ckpt, tmp_path, 
     assert not (ix / "manifest.json").exists()
     info = json.loads(run_in_process(capsys, "info", "--index", trained["s0"], "--json").stdout)
     assert info["training"].startswith("ivfpq") and str(t) in info["training"]
+
+
+def test_torchrun_ranks_of_an_ivf_kind_add_to_one_training_of_rank_0(trained, init_ckpt, tmp_path):
+    from test_shards import torchrun, torchrun_env
+
+    from alexsearch.index.distributed import training_dir
+
+    out = tmp_path / "out"
+    args = ("index", trained["photos"], "--index", out, "--device", "cpu", "--precision",
+            "fp32", "--kind", "ivfpq", "--sample", SAMPLE, "--json")  # fmt: skip
+    p = torchrun(*args, env=torchrun_env(init_ckpt))
+    stdout, stderr = p.communicate(timeout=SAFETY_TIMEOUT)
+    assert p.returncode == 0, stderr[-3000:]
+    s = json.loads(stdout)  # rank 0 alone
+    assert s["total_ok"] == 300 and s["kind"] == "ivfpq"
+    assert "inverted lists joined, nothing trained or encoded again" in s["training"]
+    t = read_manifest(training_dir(out)).training
+    assert (t.sample, t.planned) == (SAMPLE, 300)
+    m = read_manifest(out)
+    assert m.training.signature == t.signature
+    assert signature_of(out, m.vectors_file) == signature_of(training_dir(out), t.paper_file)
+    assert paths_of(out) == paths_of(trained["one"])
+
+
+def test_shards_take_the_training_index_autoencoder_and_merge_carries_their_codes(
+    trained, init_ckpt, tmp_path
+):
+    import shutil
+
+    t, s0, s1 = tmp_path / "train", tmp_path / "s0", tmp_path / "s1"
+    for src, dst in ((trained["train"], t), (trained["s0"], s0), (trained["s1"], s1)):
+        shutil.copytree(src, dst)
+    alexsearch.build_codes(t, bits=32, epochs=2)
+    coder = (t / read_manifest(t).codes.autoencoder).read_bytes()
+    for shard, spec in ((s0, "0/2"), (s1, "1/2")):
+        s = build(trained["photos"], shard, init_ckpt, shard=spec, trained=t)
+        assert s.extracted == 0  # nothing to extract: the codes come from stored fc7
+        m = read_manifest(shard)
+        assert m.codes.count == s.total_ok and (shard / m.codes.autoencoder).read_bytes() == coder
+    s = alexsearch.merge_indexes([s0, s1], tmp_path / "all")
+    assert s.codes == "carried over: 300 32-bit codes, none encoded again", s.codes
+    leftovers = [p.name for p in s0.iterdir() if p.name.startswith("codes-0")]
+    assert not leftovers  # the empty codes a shard started from are gone
+
+
+def test_merge_on_disk_answers_as_in_memory_and_needs_one_training(trained, tmp_path, capsys):
+    shards = [trained["s0"], trained["s1"]]
+    memory, disk, auto = tmp_path / "memory", tmp_path / "disk", tmp_path / "auto"
+    alexsearch.merge_indexes(shards, memory)
+    r = run_in_process(capsys, "merge", *shards, "--index", disk, "--on-disk", "--json")
+    assert "joined on disk" in json.loads(r.stdout)["training"]
+    m = read_manifest(disk)
+    for name in (m.vectors_file, m.space.index_file):
+        assert (disk / name).with_suffix(".ivfdata").is_file()
+    queries = sorted(str(p) for p in trained["photos"].rglob("*") if p.is_file())[::41]
+    for space in ("paper", "whitened"):
+        same_answers(answers(disk, queries, space), answers(memory, queries, space))
+    # past --max-memory the lists go to disk by themselves
+    s = alexsearch.merge_indexes(shards, auto, max_memory="1K")
+    assert "on disk" in s.training
+    # merged again in memory: the old generation's lists go with it
+    r = run_in_process(capsys, "merge", *shards, "--index", disk, "--in-memory", "--json")
+    assert "on disk" not in json.loads(r.stdout)["training"]
+    assert not list(disk.glob("*.ivfdata"))
+    same_answers(answers(disk, queries, "paper"), answers(memory, queries, "paper"))
+    # shards trained apart have no lists to join: refused before anything is written
+    plain = [tmp_path / "p0", tmp_path / "p1"]
+    for d, spec in zip(plain, ("0/8", "1/8"), strict=True):
+        build(trained["photos"], d, trained["init_ckpt"], shard=spec)
+    r = run_in_process(capsys, "merge", *plain, "--index", tmp_path / "no", "--on-disk",
+                       check=False)  # fmt: skip
+    one_line_error(r, "--on-disk joins the inverted lists of shards built from one training")
+    assert not (tmp_path / "no").exists()

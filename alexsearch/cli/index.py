@@ -136,12 +136,18 @@ def merge(
     index_dir: Path = typer.Option(None, "--index", help="The merged index [indexes/default]."),
     max_memory: str = typer.Option(None, "--max-memory", help="Budget for --kind auto, e.g. 2G."),
     wait: bool = typer.Option(False, "--wait", help="Wait for another writer instead of stopping."),
+    on_disk: bool = typer.Option(
+        None,
+        "--on-disk/--in-memory",
+        help="Join shards of one training into memory-mapped .ivfdata lists "
+        "[on disk when they exceed --max-memory].",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary."),
 ) -> None:
     """Merge shard indexes into one (vectors carried over, never recomputed)."""
     from .. import api
 
-    summary = api.merge_indexes(shards, index_dir, wait, max_memory)
+    summary = api.merge_indexes(shards, index_dir, wait, max_memory, on_disk)
     if as_json:
         print_json(asdict(summary))
         return

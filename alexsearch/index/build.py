@@ -170,6 +170,9 @@ def run(
                 adopted = manifest.training if manifest else None
             else:
                 kind, adopted = _kind_and_training(index_dir, manifest, kind, source, network)
+            coder = None  # the training index's autoencoder, for an index without codes
+            if source is not None and not (manifest and manifest.codes):
+                coder = training.adopt_codes(index_dir, *source)
             summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
             if to_extract:
                 _extract_into(
@@ -185,6 +188,7 @@ def run(
                 changed = True
             if adopted is not None and adopted != (manifest and manifest.training):
                 changed = True  # another training: every vector is added to it again
+            changed = changed or coder is not None
             if manifest is not None and _space_changed(manifest, space, space_dim):
                 changed = True
             if train_only and (changed or adopted is None or adopted.kind != kind):
@@ -201,6 +205,8 @@ def run(
                         manifest, precision=combined(manifest.precision, network.precision)
                     )
                 manifest = replace(manifest, shard=summary.shard, training=adopted)
+                if coder is not None:
+                    manifest = replace(manifest, codes=coder)
                 manifest = publish(index_dir, cat, manifest, kind, max_memory, space, space_dim)
             summary.total_ok, summary.total_failed = cat.count()
         finally:
@@ -447,8 +453,12 @@ def remove_replaced(index_dir: Path, old: Manifest, new: Manifest) -> None:
     stale = {old.vectors_file} | (old.space.files() if old.space else set())
     stale |= old.codes.files() if old.codes else set()
     stale |= old.training.files() if old.training else set()
+    from .ondisk import ivfdata_name
+
     for f in stale - keep - {""}:
-        try:
-            (index_dir / f).unlink()
-        except FileNotFoundError:
-            pass
+        # a merged index's inverted lists may lie beside its .faiss (ondisk.py)
+        for name in (f, ivfdata_name(f)) if f.endswith(".faiss") else (f,):
+            try:
+                (index_dir / name).unlink()
+            except FileNotFoundError:
+                pass

@@ -7,8 +7,10 @@ torchrun's RANK and WORLD_SIZE choose the shard: rank I indexes shard I/K of the
 (LOCAL_RANK: the GPU of this machine) when CUDA is there, on the CPU otherwise. The
 ranks meet (all_gather_object, a barrier that also tells each what the others did);
 rank 0 merges the K shards into OUT (merge.py) and alone returns the summary; the
-others return None. The ranks exchange only these few Python objects, so they meet
-over gloo (TCP) on every machine: NCCL would carry them through the GPUs for nothing.
+others return None. For an IVF kind, rank 0 first learns one training on a sample
+(OUT/training, training.py) that every shard adds to, unless --trained names one. The
+ranks exchange only these few Python objects, so they meet over gloo (TCP) on every
+machine: NCCL would carry them through the GPUs for nothing.
 
 A rank killed midway leaves the shards of the others complete and its own with what it
 committed; running the same command again extracts only what is missing (each shard is
@@ -171,6 +173,7 @@ def build(roots: list[Path], out_dir: Path, device: str = "auto", **kw):
         tokens, hosts = [t for t, _ in peers], [h for _, h in peers]
         _agree(_visible(rank, out_dir, tokens, hosts, merging=False))
 
+        kw = _train_first(rank, world, roots, out_dir, dev, kw)
         mine, error = None, None
         try:
             mine = build_mod.run(roots, shard_dir(out_dir, rank, world), device=dev,
@@ -207,6 +210,31 @@ def _visible(rank: int, out_dir: Path, tokens, hosts, merging: bool) -> str:
         return ""
     missing = unseen_shards(out_dir, tokens)
     return not_shared(out_dir, missing, hosts, merging) if missing else ""
+
+
+def training_dir(out_dir: Path) -> Path:
+    return out_dir / "training"
+
+
+def _train_first(rank: int, world: int, roots, out_dir: Path, device, kw: dict) -> dict:
+    """build.run's settings for the shards. An IVF kind without --trained: rank 0 first
+    learns one training for all into OUT/training (`index --train-only` on a sample,
+    training.py; incremental, so a rerun learns nothing again) while the others wait,
+    and every shard adds to it, so the merge joins their lists without training."""
+    from . import build as build_mod
+    from .training import IVF_KINDS
+
+    if kw.get("kind") not in IVF_KINDS or kw.get("trained") is not None:
+        return {k: v for k, v in kw.items() if k != "sample"}
+    error = None
+    if rank == 0:
+        try:
+            build_mod.run(roots, training_dir(out_dir), device=device, train_only=True,
+                          **{k: v for k, v in kw.items() if k != "trained"})  # fmt: skip
+        except UserError as e:
+            error = str(e)
+    _meet(rank, world, None, error)  # the others wait for it, and hear if it failed
+    return {**{k: v for k, v in kw.items() if k != "sample"}, "trained": training_dir(out_dir)}
 
 
 def _meet(rank: int, world: int, value, error: str | None) -> list:
@@ -254,6 +282,7 @@ def _summary(out_dir: Path, shards: list, merged, t0: float):
         precision=merged.precision,
         space=merged.space,
         shard=f"merged from {len(shards)} ranks",
+        training=merged.training,
     )
     s.seconds = time.perf_counter() - t0
     return s

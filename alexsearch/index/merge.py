@@ -95,8 +95,13 @@ def check_compatible(ref: Manifest, ref_dir: Path, m: Manifest, d: Path) -> None
         )
 
 
-def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> MergeSummary:
-    """Merge the published indexes `shard_dirs` into the index at `out_dir`."""
+def merge(
+    shard_dirs, out_dir: Path, wait: bool = False, max_memory=None, on_disk: bool | None = None
+) -> MergeSummary:
+    """Merge the published indexes `shard_dirs` into the index at `out_dir`. on_disk:
+    the joined inverted lists in .ivfdata files beside the index, memory-mapped
+    (ondisk.py), never all in RAM; None: when the shards' indexes add up to more than
+    `max_memory`. Only shards of one training are joined so (others are built anew)."""
     from .build import describe_published, publish, remove_replaced
 
     t0 = time.perf_counter()
@@ -112,6 +117,7 @@ def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> Mer
     ref, ref_dir = manifests[0], dirs[0]
     for d, m in zip(dirs[1:], manifests[1:], strict=True):
         check_compatible(ref, ref_dir, m, d)
+    on_disk = _wants_on_disk(dirs, manifests, max_memory, on_disk)
     summary = MergeSummary(index_dir=str(out_dir), shards=[str(d) for d in dirs])
     with ExitStack() as stack:
         stack.enter_context(write_lock(out_dir, wait=wait))
@@ -162,11 +168,16 @@ def merge(shard_dirs, out_dir: Path, wait: bool = False, max_memory=None) -> Mer
                 summary.codes = f"encoded again with {out_dir}'s own autoencoder"
             published, summary.training = None, "trained on the union's vectors"
             if shared is not None and (carried is not None or not out.codes):
-                published, why = _join_trained(out_dir, cat, out, dirs, manifests, pairs)
+                published, why = _join_trained(out_dir, cat, out, dirs, manifests, pairs, on_disk)
                 summary.training = why
             elif shared is not None:
                 summary.training = f"shared training {shared.signature[:12]}: vectors added "
                 summary.training += "to it again (to encode OUT's own codes)"
+            if published is None and on_disk:
+                raise IndexError_(
+                    f"cannot merge on disk: {summary.training}; index the shards again "
+                    "(alexsearch index) and merge again"
+                )
             if published is None:
                 published = publish(
                     out_dir, cat, out, ref.kind_requested, max_memory,
@@ -274,7 +285,24 @@ def _sha1(path: Path) -> str:
     return h.hexdigest()
 
 
-def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest | None, str]:
+def _wants_on_disk(dirs, manifests, max_memory, on_disk) -> bool:
+    """Whether to merge into on-disk lists (see merge()); refused, before anything is
+    written, for shards that do not share one training (nothing to join)."""
+    if on_disk is None:
+        files = [d / m.vectors_file for d, m in zip(dirs, manifests, strict=True)]
+        size = sum(f.stat().st_size for f in files)
+        on_disk = bool(max_memory) and size > max_memory and _shared_training(manifests)
+    if on_disk and _shared_training(manifests) is None:
+        raise UserError(
+            "--on-disk joins the inverted lists of shards built from one training "
+            "(index --trained): these were not; merge without --on-disk"
+        )
+    return bool(on_disk)
+
+
+def _join_trained(
+    out_dir, cat, out, dirs, manifests, pairs, on_disk=False
+) -> tuple[Manifest | None, str]:  # fmt: skip
     """Publish OUT by joining the shards' FAISS indexes, all built from OUT's training
     (`out.training`): nothing trained or encoded again. (None, why) when a shard's
     published indexes do not hold exactly its catalogue's ok files (a run stopped
@@ -303,12 +331,18 @@ def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest |
         parts = []
         for d, name, (old, new) in zip(dirs, shard_files, pairs, strict=True):
             index = read_faiss(d, name)
-            if not np.array_equal(np.sort(_ids_of(index)), old):
+            if not np.array_equal(np.sort(ids_of(index)), old):
                 return None, added + f" ({d} has changes it has not published)"
             parts.append((index, old, new))
-        merged = merge_faiss(parts)
-        if merged.ntotal != len(ok_ids):
+        if sum(len(o) for _, o, _ in parts) != len(ok_ids):
             return None, added + " (the shards' indexes miss files)"
+        if on_disk:
+            from . import ondisk
+
+            lists = out_dir / ondisk.ivfdata_name(f"{prefix}-{gen}.faiss")
+            merged = ondisk.merge_on_disk(parts, lists)
+        else:
+            merged = merge_faiss(parts)
         names[prefix] = write_faiss(out_dir, merged, gen, prefix)
     space, note = None, manifests[0].space_note
     if "space" in names:
@@ -331,12 +365,14 @@ def _join_trained(out_dir, cat, out, dirs, manifests, pairs) -> tuple[Manifest |
     )
     write_manifest(out_dir, published)
     return published, (
-        f"shared training {t.signature[:12]}: the shards' inverted lists joined, "
-        "nothing trained or encoded again"
+        f"shared training {t.signature[:12]}: the shards' inverted lists joined"
+        + (" on disk (memory-mapped .ivfdata)" if on_disk else "")
+        + ", nothing trained or encoded again"
     )
 
 
-def _ids_of(index) -> np.ndarray:
+def ids_of(index) -> np.ndarray:
+    """The ids an alexsearch FAISS index holds, in its order."""
     import faiss
 
     return faiss.vector_to_array(_id_map(index).id_map)

@@ -12,7 +12,9 @@ same IVF training over the whitened vectors. They are kept as empty trained FAIS
 indexes (and the transform) named by their signature, in TRAIN's folder.
 
 An index given `--trained TRAIN` copies those files into its own folder (so it holds
-all it needs) and every publish then adds its vectors to them instead of training.
+all it needs) and every publish then adds its vectors to them instead of training; an
+index without binary codes also takes TRAIN's autoencoder, if `alexsearch codes` made
+one there, and encodes with it.
 Shards trained alike hold codes that mean the same: `merge` joins their inverted lists
 (merge.merge_faiss) instead of training and encoding the union again, and their whitened
 distances are comparable (`query --index A --index B --space whitened`).
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +151,28 @@ def adopt(index_dir: Path, src: Path, record: TrainingRecord) -> TrainingRecord:
         except FileNotFoundError:
             raise IndexError_(f"--trained {src}: {name} is missing; train it again") from None
     return record
+
+
+def adopt_codes(index_dir: Path, src: Path, m: Manifest):
+    """The CodesRecord that makes an index encode its vectors with the autoencoder of
+    the training index `src` (its `alexsearch codes`), copied in, with no codes yet
+    (the next publish encodes them all): shards that share it have codes merge carries
+    over. None when src has no codes."""
+    from .codes import _write_codes
+
+    entry = m.codes
+    if entry is None:
+        return None
+    digest = hashlib.sha1((src / entry.autoencoder).read_bytes()).hexdigest()
+    name = f"autoencoder-{digest[:16]}.pt"
+    if not (index_dir / name).exists():
+        with open(src / entry.autoencoder, "rb") as f:
+            atomic_write(index_dir / name, lambda out: shutil.copyfileobj(f, out, 1 << 20))
+    width = entry.bits // 8
+    none = np.zeros(0, np.int64)
+    npz, faissb = _write_codes(index_dir, 0, none, np.zeros((0, width), np.uint8),
+                               np.zeros(0, np.uint64), entry.bits)  # fmt: skip
+    return replace(entry, autoencoder=name, codes_file=npz, index_file=faissb, count=0)
 
 
 def read(index_dir: Path, record: TrainingRecord):

@@ -11,6 +11,7 @@ from ..atomic import atomic_write
 from ..errors import IndexError_
 
 KINDS = ("flat", "hnsw", "ivfpq", "ivfsq", "auto")
+REDUCED_DIM = 256  # what the IVF kinds code raw fc7 in (a PCA in front of them)
 
 
 # Exact search reads every vector for every query: about 10 GB/s on a small machine, so
@@ -70,26 +71,33 @@ def train_faiss(
     kinds' inverted lists (default ivf_lists(n))."""
     import faiss
 
-    dim = sample.shape[1]
-    out_dim = transforms[-1].d_out if transforms else dim
-    if kind == "flat":
-        inner = faiss.IndexFlatL2(out_dim)
-    elif kind == "hnsw":
-        inner = faiss.IndexHNSWFlat(out_dim, 32)
-        inner.hnsw.efSearch = 64
-    elif kind in ("ivfpq", "ivfsq"):
+    ivf = kind in ("ivfpq", "ivfsq")
+    if ivf:
         nlist = nlist or ivf_lists(n)
         if len(sample) < 39 * nlist or len(sample) < 256:
             raise IndexError_(
                 f"--kind {kind} needs more vectors to train on than {len(sample)}; use --kind "
                 "flat (exact) or --kind auto for a collection this small"
             )
+        # A sample trains PCA and k-means as well as every vector, at a fraction of the cost.
+        m, cap = len(sample), max(50_000, 64 * nlist)
+        if m > cap:
+            sample = sample[np.random.default_rng(0).choice(m, cap, replace=False)]
+        sample = np.ascontiguousarray(sample, np.float32)
+        if not transforms:
+            transforms = [_reduction(sample)]
+    out_dim = transforms[-1].d_out if transforms else sample.shape[1]
+    if kind == "flat":
+        inner = faiss.IndexFlatL2(out_dim)
+    elif kind == "hnsw":
+        inner = faiss.IndexHNSWFlat(out_dim, 32)
+        inner.hnsw.efSearch = 64
+    elif ivf:
         # "np": no polysemous training. It reorders the codebooks for Hamming filtering,
-        # which search never uses (polysemous_ht 0), and took ~70 s of a 2-core CPU a
-        # training against 0.3 s without (bench/scale.py); distances are the same.
+        # which search never uses (polysemous_ht 0), and cost ~20 s of a 2-core CPU a
+        # training (bench/shared_training.py); distances are the same.
         code = f"PQ{pq}np" if kind == "ivfpq" else "SQ8"
-        pca = "" if transforms else f"PCA{min(256, dim)},"
-        inner = faiss.index_factory(out_dim, f"{pca}IVF{nlist},{code}")
+        inner = faiss.index_factory(out_dim, f"IVF{nlist},{code}")
     else:
         raise IndexError_(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     index = faiss.IndexIDMap2(inner)
@@ -97,16 +105,22 @@ def train_faiss(
         index = faiss.IndexPreTransform(index)
         for t in reversed(transforms):
             index.prepend_transform(t)
-    if kind in ("ivfpq", "ivfsq"):
-        # A sample trains PCA and k-means as well as every vector, at a fraction of the cost.
-        m = len(sample)
-        cap = max(50_000, 64 * nlist)
-        train = (
-            sample[np.random.default_rng(0).choice(m, cap, replace=False)] if m > cap else sample
-        )
-        index.train(np.ascontiguousarray(train, np.float32))
+    if ivf:
+        index.train(sample)  # the k-means and codebooks (the transforms are trained)
         faiss.extract_index_ivf(inner).nprobe = min(nlist, 16)
     return index
+
+
+def _reduction(sample: np.ndarray):
+    """The IVF kinds' PCA to REDUCED_DIM dimensions (no whitening), learnt with the
+    search spaces' PCA (spaces.principal_components: exact or randomized SVD of the
+    sample's top components) rather than FAISS's PCAMatrix.train, which decomposes the
+    whole 4096x4096 covariance: 9 s against ~110 s for 40,000 vectors on 2 cores
+    (bench/shared_training.py)."""
+    from . import spaces
+
+    dim = min(REDUCED_DIM, sample.shape[1])
+    return spaces.pca_matrix(spaces.principal_components(sample, dim), dim, 0.0, 0.0)
 
 
 def write_faiss(index_dir: Path, index, generation: int, prefix: str = "vectors") -> str:
@@ -122,13 +136,25 @@ def read_faiss(index_dir: Path, name: str):
     """The vectors file `name` of an index, memory-mapped and read-only."""
     import faiss
 
+    from . import ondisk
+
+    if ondisk.is_on_disk(index_dir, name):  # a merge's inverted lists in a file beside it
+        return ondisk.read_on_disk(index_dir, name)
     p = index_dir / name
     try:
         # Memory-mapped: opening costs nothing whatever the size (a flat 100k index is
         # 1.6 GB), pages come from the page cache, and a file a writer unlinks meanwhile
         # stays readable through the mapping.
-        return faiss.read_index(str(p), faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+        # ONDISK_SAME_DIR: an index with on-disk lists whose .ivfdata is gone fails here
+        # rather than opening a file of that name in the cwd
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_ONDISK_SAME_DIR
+        return faiss.read_index(str(p), flags)
     except RuntimeError as e:
+        if "OnDiskInvertedLists" in str(e):  # it names an .ivfdata that is not beside it
+            raise IndexError_(
+                f"{index_dir / ondisk.ivfdata_name(name)}: missing (the inverted lists of "
+                f"{name}); merge the shards again (alexsearch merge)"
+            ) from None
         raise IndexError_(
             f"{p}: unreadable vectors file ({str(e).splitlines()[0][:120]})"
         ) from None
