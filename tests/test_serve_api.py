@@ -209,6 +209,41 @@ def test_map_is_cached_per_generation_and_follows_a_reindex(tmp_path, init_ckpt)
             mc.tsne_2d = old
 
 
+def test_every_answer_names_the_generation_it_answers_from(tmp_path, init_ckpt):
+    """The header the page watches to notice a re-index published while it is open, and
+    /api/generation, the cheap answer it asks when its tab is shown again."""
+    photos = tmp_path / "p"
+    make(photos, per_class=1, seed=6)
+    ix_dir = tmp_path / "ix"
+    alexsearch.build_index(photos, index=ix_dir, weights=init_ckpt, device="cpu", workers=0)
+    with alexsearch.open_index(ix_dir, weights=init_ckpt) as opened:
+        c = TestClient(create_app(opened), base_url=LOOP)
+
+        def answers():
+            return [
+                c.get("/api/info"),
+                c.get("/api/generation"),
+                c.post("/api/query", json={"id": 1, "k": 3}),
+                c.get("/api/label", params={"word": "class_0"}),
+                c.get("/api/duplicates", params={"tier": "exact"}),
+                c.get("/api/map"),
+            ]
+
+        for r in answers():
+            assert r.status_code == 200, (r.url, r.text)
+            assert r.headers["alexsearch-generation"] == "1", r.url
+        assert c.get("/api/generation").json() == {"generation": 1}
+        make(tmp_path / "more", per_class=1, seed=7)
+        shutil.copytree(tmp_path / "more", photos / "more")
+        alexsearch.build_index(photos, index=ix_dir, weights=init_ckpt, device="cpu", workers=0)
+        for r in answers():
+            assert r.headers["alexsearch-generation"] == "2", r.url
+        assert c.get("/api/generation").json() == {"generation": 2}
+        assert c.get("/api/info").json()["files"] == 12
+        # an error names no generation: it is not an answer of the index
+        assert "alexsearch-generation" not in c.get("/api/label").headers
+
+
 def test_kernels_picture(client):
     from alexsearch.viz.kernels import KernelLayout
 

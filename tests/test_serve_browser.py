@@ -345,3 +345,163 @@ def test_a_page_over_two_indexes_shows_and_searches_hits_of_both(tmp_path, init_
         assert "files 18" in table and f"index 1 {parts[1]}" in table
     finally:
         stop_server(proc)
+
+
+# -- a live re-index, the tier and min_prob in the URL
+
+
+def test_a_reindex_while_the_page_is_open_refreshes_what_it_shows(tmp_path, init_ckpt, driver):
+    """`alexsearch index` publishes while the page is open: the page notices the new
+    generation (its tab shown again, or any answer of the index) and refreshes the summary,
+    the open t-SNE map and the open Duplicates list, without a reload."""
+    import shutil
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    photos = tmp_path / "photos"
+    make(photos, per_class=1, seed=5)
+    ix = tmp_path / "ix"
+
+    def reindex():
+        alexsearch.build_index(photos, index=ix, weights=init_ckpt, device="cpu", workers=0)
+
+    def shows(element, *texts):
+        return lambda d: all(t in d.find_element(By.ID, element).text for t in texts)
+
+    def tab_shown_again():
+        driver.execute_script("document.dispatchEvent(new Event('visibilitychange'))")
+
+    reindex()
+    proc, url = start_server(ix, init_ckpt)
+    try:
+        driver.get(url + "?view=collection")
+        wait_for(driver, shows("summary", "6 photos", "generation 1"), "the summary")
+        wait_for(driver, shows("map-status", "6 photos", "generation 1"), "the map")
+        driver.execute_script("window.notReloaded = true")
+        # more photos while the page is open; its tab is shown again
+        make(tmp_path / "more", per_class=1, seed=7)
+        shutil.copytree(tmp_path / "more", photos / "more")
+        reindex()
+        assert "6 photos" in driver.find_element(By.ID, "summary").text  # not polled
+        tab_shown_again()
+        wait_for(driver, shows("summary", "12 photos", "generation 2"), "the new summary")
+        wait_for(driver, shows("map-status", "12 photos", "generation 2"), "the new map")
+        # the Duplicates list open (exact copies): a copy indexed meanwhile shows up
+        driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=duplicates]").click()
+        Select(driver.find_element(By.ID, "dup-tier")).select_by_value("exact")
+        wait_for(driver, shows("dup-status", "0 groups", "among 12 photos"), "no duplicates")
+        first = sorted(photos.rglob("*.jpg"))[0]
+        shutil.copyfile(first, photos / "more" / "a copy.jpg")
+        reindex()
+        tab_shown_again()
+        wait_for(driver, shows("dup-status", "1 groups", "among 13 photos"), "the copy")
+        wait_for(driver, shows("summary", "13 photos", "generation 3"), "the summary")
+        # a search answered from a newer generation refreshes the summary as well
+        driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=search]").click()
+        make(tmp_path / "most", per_class=1, seed=9)
+        shutil.copytree(tmp_path / "most", photos / "most")
+        reindex()
+        driver.find_element(By.ID, "file").send_keys(str(first))
+        wait_for(driver, lambda d: len(hits(d)) == 12, "the upload's results")
+        wait_for(driver, shows("summary", "19 photos", "generation 4"), "the summary again")
+        driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=info]").click()
+        assert "files 19" in driver.find_element(By.ID, "info-table").text
+        assert driver.execute_script("return window.notReloaded") is True
+    finally:
+        stop_server(proc)
+
+
+def test_the_duplicates_tier_is_kept_in_the_url(served_dups, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    url, ix, planted, _ = served_dups
+    with alexsearch.open_index(ix, weights=planted) as opened:
+        want = {
+            t: [[f["id"] for f in g["files"]] for g in opened.duplicates(t).to_dict()["groups"]]
+            for t in ("exact", "near", "similar")
+        }
+    assert want["exact"] != want["near"]
+
+    def groups(d):
+        return d.execute_script(
+            "return [...document.querySelectorAll('.dup-group')].map(g =>"
+            " [...g.querySelectorAll('.hit')].map(h => Number(h.dataset.id)))"
+        )
+
+    def showing(tier):
+        def check(d):
+            picked = d.find_element(By.ID, "dup-tier").get_attribute("value") == tier
+            return picked and groups(d) == want[tier] and "groups" in d.find_element(
+                By.ID, "dup-status").text  # fmt: skip
+
+        return check
+
+    driver.get(url)
+    wait_for(driver, lambda d: d.find_element(By.ID, "summary").text, "the index summary")
+    driver.find_element(By.CSS_SELECTOR, "#tabs button[data-view=duplicates]").click()
+    wait_for(driver, showing("near"), "the near groups")
+    Select(driver.find_element(By.ID, "dup-tier")).select_by_value("exact")
+    wait_for(driver, showing("exact"), "the exact groups")
+    assert url_state(driver) == {"view": "duplicates", "tier": "exact", "k": "12"}
+    Select(driver.find_element(By.ID, "dup-tier")).select_by_value("similar")
+    wait_for(driver, showing("similar"), "the similar groups")
+    driver.back()
+    wait_for(driver, showing("exact"), "exact again after Back")
+    assert url_state(driver)["tier"] == "exact"
+    driver.forward()
+    wait_for(driver, showing("similar"), "similar again after Forward")
+    driver.refresh()
+    wait_for(driver, showing("similar"), "similar after a reload")
+    driver.get(url + "?view=duplicates&tier=exact")  # a shared link
+    wait_for(driver, showing("exact"), "exact from the URL alone")
+    assert driver.find_element(By.ID, "view-duplicates").is_displayed()
+    # a tier the server does not know: its one line
+    driver.get(url + "?view=duplicates&tier=nearr")
+    wait_for(driver, lambda d: "tier must be one of" in d.find_element(By.ID, "dup-status").text,
+             "the server's line")  # fmt: skip
+
+
+def test_min_prob_narrows_the_photos_of_a_class_as_the_api_does(served_dups, driver):
+    import json
+    from urllib.parse import urlencode
+    from urllib.request import urlopen
+
+    from selenium.webdriver.common.by import By
+
+    url, _, _, _ = served_dups
+
+    def api_label(**q):
+        with urlopen(f"{url}api/label?{urlencode({'word': 'tabby', 'k': 12, **q})}") as r:
+            return [p["id"] for p in json.load(r)["photos"]]
+
+    with urlopen(f"{url}api/label?word=tabby&k=12") as r:
+        probs = sorted(p["prob"] for p in json.load(r)["photos"])
+    assert probs[0] < probs[-1], probs
+    high = f"{(probs[0] + probs[-1]) / 2:.4f}"
+    every, narrowed = api_label(), api_label(min_prob=high)
+    assert 0 < len(narrowed) < len(every)
+    driver.get(url + "?k=12")
+    wait_for(driver, lambda d: d.find_element(By.ID, "summary").text, "the index summary")
+    driver.find_element(By.ID, "label-word").send_keys("tabby")
+    driver.find_element(By.ID, "label-form").submit()
+    wait_for(driver, lambda d: hits(d) == every, "every tabby")
+    driver.find_element(By.ID, "label-min-prob").send_keys(high)
+    driver.find_element(By.ID, "label-form").submit()
+    wait_for(driver, lambda d: hits(d) == narrowed, f"the tabbies at {high} or more")
+    assert url_state(driver) == {"label": "tabby", "min_prob": high, "k": "12"}
+    assert f"probability {high} or more" in driver.find_element(By.ID, "status").text
+    driver.back()
+    wait_for(driver, lambda d: hits(d) == every, "every tabby after Back")
+    driver.get(f"{url}?label=tabby&min_prob={high}&k=12")  # a shared link
+    wait_for(driver, lambda d: hits(d) == narrowed, "the narrowed tabbies from the URL")
+    box = driver.find_element(By.ID, "label-min-prob")
+    assert box.get_attribute("value") == high
+    # out of range: the server's one line
+    box.clear()
+    box.send_keys("2")
+    driver.find_element(By.ID, "label-form").submit()
+    status = driver.find_element(By.ID, "status")
+    wait_for(driver, lambda d: "min_prob must be between 0 and 1" in status.text, "the error")
+    assert status.get_attribute("class") == "error" and hits(driver) == []

@@ -236,6 +236,8 @@ def test_a_part_reindexed_while_serving_is_picked_up(shards, tmp_path):
         added = {p for p in ids_by_path(parts[0]) if "/more/" in p}  # its shard's new photos
         assert added and after["files"] == before["files"] + len(added)
         assert after["generation"] == [2, 1]
+        assert c.get("/api/info").headers["alexsearch-generation"] == "2,1"
+        assert c.get("/api/generation").json() == {"generation": [2, 1]}
         new = sorted(added)[0]
         ref = f"0:{ids_by_path(parts[0])[new]}"
         hits = c.post("/api/query", json={"id": ref, "k": 30}).json()["neighbours"]

@@ -2,6 +2,7 @@
 the JSON API it uses, every answer from the library (alexsearch.api.Index).
 
     GET  /api/info            what `info --index --json` prints, plus codes and limits
+    GET  /api/generation      {"generation": ...} alone: cheap, for the page to poll
     POST /api/query           multipart `image`, or form/JSON `id`; `k`, `binary`, `rerank`:
                               what `query --json` prints for one image
     GET  /api/label           `word`, `k`, `min_prob`: what `query --label WORD --json` prints
@@ -17,6 +18,10 @@ is named "PART:ID" (its index's position, its catalogue id there) wherever one i
 takes an id: `id` of /api/query, /api/thumb/{ref}, /api/image/{ref}; each hit carries
 its `index` and `part`; /api/info gives the totals and each index under `parts`. What
 belongs to one index (binary codes, duplicates, the t-SNE map) answers 400: merge first.
+
+Every JSON answer of the index (info, query, label, duplicates, map) carries the header
+`Alexsearch-Generation`: the generation it answers from ("2,1" over several indexes), so
+the page notices a re-index published while it is open and refreshes what it shows.
 
 Files are reached by catalogue id only (paths are only display text); nothing is written
 but the t-SNE cache, and nothing is moved. Errors
@@ -47,6 +52,7 @@ from ..index.duplicates import TIERS
 from .guard import LoopbackHostOnly, TooLarge, parse_multipart, read_body
 
 DEFAULT_MAX_UPLOAD = 25 * 1024**2
+GENERATION_HEADER = "Alexsearch-Generation"
 MAX_K = 500
 PAGE_FILES = {  # the only files the page is made of
     "index.html": "text/html; charset=utf-8",
@@ -121,6 +127,16 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
 
     several = isinstance(ix, MultiIndex)
 
+    def answer(payload: dict) -> JSONResponse:
+        """`payload` as JSON, with the generation the index answers from now (read after
+        the answer was found: a publish meanwhile is then reported, never missed)."""
+        try:
+            gen = ix.generation()
+        except UserError:  # the index went away after answering: the answer still stands
+            return JSONResponse(payload)
+        value = ",".join(map(str, gen)) if isinstance(gen, tuple) else str(gen)
+        return JSONResponse(payload, headers={GENERATION_HEADER: value})
+
     async def page(request: Request) -> Response:
         return _page_file("index.html")
 
@@ -135,7 +151,11 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         desc["binary"] = ix.codes()
         desc["max_upload"] = max_upload
         desc["max_k"] = MAX_K
-        return JSONResponse(desc)
+        return answer(desc)
+
+    def generation(request: Request) -> Response:
+        gen = ix.generation()
+        return answer({"generation": list(gen) if isinstance(gen, tuple) else gen})
 
     # Uploads run the network on threads of their own, one a core (the rest wait their
     # turn in order), rather than every request's thread contending for the cores and the
@@ -168,7 +188,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
             res = found[0]
         else:
             raise BadRequest("send an image (multipart field `image`) or an `id`")
-        return JSONResponse(res.to_dict())
+        return await run_in_threadpool(answer, res.to_dict())
 
     def label(request: Request) -> Response:
         word = request.query_params.get("word", "")
@@ -176,7 +196,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
             raise BadRequest("give a class name: /api/label?word=cat")
         k = _int(request.query_params.get("k", 20), "k", 1, MAX_K)
         min_prob = _prob(request.query_params.get("min_prob", 0.0))
-        return JSONResponse(ix.query_label(word, k, min_prob).to_dict())
+        return answer(ix.query_label(word, k, min_prob).to_dict())
 
     # Finding duplicates reads every photo's fc7 and hash (about 1 s per 10k photos): each
     # tier's report is kept until a new generation is published, and found once at a time.
@@ -196,7 +216,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
                     for old in [key for key in dup_cache if key[0] != gen]:
                         del dup_cache[old]  # an older generation's are never asked again
                     dup_cache[(gen, tier)] = found
-        return JSONResponse(found)
+        return answer(found)
 
     def thumb(request: Request) -> Response:
         png = ix.thumbnail_png(request.path_params["id"])
@@ -211,7 +231,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         return Response(data, media_type=media_type, headers={"cache-control": "max-age=60"})
 
     def tsne_map(request: Request) -> Response:
-        return JSONResponse(ix.tsne_map())
+        return answer(ix.tsne_map())
 
     def kernels(request: Request) -> Response:
         return Response(ix.kernels_png(), media_type="image/png")
@@ -239,6 +259,7 @@ def create_app(ix, max_upload: int = DEFAULT_MAX_UPLOAD, loopback: bool = True) 
         Route("/", page),
         Route("/static/{name}", static),
         Route("/api/info", info),
+        Route("/api/generation", generation),
         Route("/api/query", query, methods=["POST"]),
         Route("/api/label", label),
         Route("/api/duplicates", duplicates),

@@ -1,11 +1,15 @@
 // The page of `alexsearch serve`: it uses only the JSON API (/api/...), fetches nothing
 // from elsewhere. The URL holds the state (?id=123&k=12&mode=binary&view=collection, or
-// ?label=cat), so a search can be bookmarked and Back works (history.pushState + popstate).
+// ?label=cat&min_prob=0.5, ?view=duplicates&tier=similar), so a search can be bookmarked
+// and Back works (history.pushState + popstate). Every answer names the generation of the
+// index it came from (header Alexsearch-Generation): when it is not the one the page
+// shows, the page reads /api/info again and drops what it kept of the old generation.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 let INFO = null;
 let MAP = null;
+let GENERATION = null; // the generation of INFO, as the header writes it ("2,1" over several)
 
 function params() {
   const p = new URLSearchParams(location.search);
@@ -15,6 +19,8 @@ function params() {
     mode: p.get("mode") || "",
     view: p.get("view") || "search",
     label: p.get("label") || "",
+    min_prob: p.get("min_prob") || "",
+    tier: p.get("tier") || $("dup-tier").value,
   };
 }
 
@@ -23,9 +29,13 @@ function urlFor(s) {
   if (s.view && s.view !== "search") p.set("view", s.view);
   const hasId = s.id !== null && s.id !== undefined && s.id !== "";
   if (hasId) p.set("id", s.id);
-  else if (s.label) p.set("label", s.label); // a search from a photo leaves the class
+  else if (s.label) { // a search from a photo leaves the class
+    p.set("label", s.label);
+    if (s.min_prob) p.set("min_prob", s.min_prob);
+  }
   p.set("k", s.k);
   if (s.mode) p.set("mode", s.mode);
+  if (s.view === "duplicates" && s.tier) p.set("tier", s.tier);
   return "?" + p.toString();
 }
 
@@ -71,7 +81,10 @@ for (const b of document.querySelectorAll("#tabs button")) {
 }
 
 function stateOf(s, extra) {
-  return { id: s.id, k: s.k, mode: s.mode, view: s.view, label: s.label, ...(extra || {}) };
+  return {
+    id: s.id, k: s.k, mode: s.mode, view: s.view, label: s.label, min_prob: s.min_prob,
+    tier: s.tier, ...(extra || {}),
+  };
 }
 
 // -- searching
@@ -83,11 +96,19 @@ function queryFields(k, mode) {
   return f;
 }
 
-async function post(body) {
-  const r = await fetch("/api/query", { method: "POST", body });
+// One answer of the API: its JSON, or an Error holding the server's one line. An answer
+// from another generation than the page shows refreshes the page's view of the index.
+async function api(url, options, from) {
+  const r = await fetch(url, options);
   const j = await r.json();
+  const gen = r.headers.get("Alexsearch-Generation");
+  if (gen !== null && GENERATION !== null && gen !== GENERATION) newGeneration(from);
   if (!r.ok) throw new Error(j.error || r.statusText);
   return j;
+}
+
+function post(body) {
+  return api("/api/query", { method: "POST", body }, "query");
 }
 
 async function searchId(id, k, mode) {
@@ -180,21 +201,22 @@ function photoLink(id, path, caption, index) {
 
 // -- the photos of a class (their top-5 classes, from fc8 at index time)
 
-async function searchLabel(word, k) {
+async function searchLabel(word, k, minProb) {
   status("looking for " + word + "…");
   $("query").hidden = true;
   $("results").replaceChildren();
   $("label-head").hidden = true;
+  const ask = { word, k: String(k) };
+  if (minProb) ask.min_prob = minProb;
   try {
-    const r = await fetch("/api/label?" + new URLSearchParams({ word, k: String(k) }));
-    const j = await r.json();
-    if (!r.ok) throw new Error(j.error || r.statusText);
+    const j = await api("/api/label?" + new URLSearchParams(ask), {}, "label");
     $("label-head").hidden = false;
     $("label-head").textContent = `class "${j.label}": ${j.classes.join(", ")}` +
       (j.unlabelled ? ` (${j.unlabelled} photos not labelled yet)` : "");
     $("results").replaceChildren(...j.photos.map((h) =>
       photoLink(refOf(h), h.path, `${h.label} ${(h.prob * 100).toFixed(1)}%`, h.index)));
-    status(j.photos.length + " photos of " + j.classes.join(", "));
+    status(j.photos.length + " photos of " + j.classes.join(", ") +
+      (minProb ? ` at probability ${minProb} or more` : ""));
   } catch (e) {
     status(e.message, true);
   }
@@ -204,7 +226,8 @@ $("label-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   const word = $("label-word").value.trim();
   if (!word) { status("type a class name, such as cat", true); return; }
-  go({ ...params(), id: null, label: word, view: "search" });
+  const minProb = $("label-min-prob").value.trim();
+  go({ ...params(), id: null, label: word, min_prob: minProb, view: "search" });
 });
 
 // -- duplicates: groups found by the library, read-only here
@@ -214,15 +237,13 @@ $("label-form").addEventListener("submit", (ev) => {
 let dupAsked = 0; // only the latest answer is drawn (the tier may change while one runs)
 
 async function loadDuplicates() {
-  const tier = $("dup-tier").value;
+  const tier = params().tier;
   const asked = ++dupAsked;
   $("dup-status").textContent = "looking for duplicates…";
   $("dup-groups").replaceChildren();
   try {
-    const r = await fetch("/api/duplicates?" + new URLSearchParams({ tier }));
-    const j = await r.json();
+    const j = await api("/api/duplicates?" + new URLSearchParams({ tier }), {}, "duplicates");
     if (asked !== dupAsked) return;
-    if (!r.ok) throw new Error(j.error || r.statusText);
     $("dup-groups").replaceChildren(...j.groups.map((g) => {
       const box = document.createElement("div");
       box.className = "dup-group";
@@ -249,7 +270,9 @@ async function loadDuplicates() {
   }
 }
 
-$("dup-tier").addEventListener("change", loadDuplicates);
+$("dup-tier").addEventListener("change", () => {
+  go({ ...params(), tier: $("dup-tier").value, view: "duplicates" });
+});
 
 function go(s) {
   history.pushState(stateOf(s), "", urlFor(s));
@@ -263,6 +286,7 @@ function render(s, st) {
   }
   $("k").value = String(s.k);
   if (!$("mode-box").hidden) $("mode").value = s.mode;
+  if ([...$("dup-tier").options].some((o) => o.value === s.tier)) $("dup-tier").value = s.tier;
   show(s.view);
   if (st && st.upload) {
     renderQuery(st.upload.src, st.upload.name, "");
@@ -271,7 +295,8 @@ function render(s, st) {
     searchId(s.id, s.k, s.mode);
   } else if (s.label && s.view === "search") {
     $("label-word").value = s.label;
-    searchLabel(s.label, s.k);
+    $("label-min-prob").value = s.min_prob;
+    searchLabel(s.label, s.k, s.min_prob);
   } else {
     $("label-head").hidden = true;
     $("query").hidden = true;
@@ -334,9 +359,7 @@ async function loadCollection() {
   if (MAP && INFO && MAP.generation === INFO.generation) return;
   $("map-status").textContent = "computing the t-SNE map (once per index generation)…";
   try {
-    const r = await fetch("/api/map");
-    const j = await r.json();
-    if (!r.ok) throw new Error(j.error || r.statusText);
+    const j = await api("/api/map", {}, "map");
     MAP = j;
     drawMap();
     $("map-status").textContent = `${j.points.length} photos, t-SNE (${j.method}), ` +
@@ -435,20 +458,59 @@ function renderInfo() {
   }));
 }
 
+// -- the index: its summary, read at load and again whenever a new generation shows up
+
+let infoAsked = 0; // only the latest answer is drawn
+
+async function readInfo() {
+  const asked = ++infoAsked;
+  const r = await fetch("/api/info");
+  const j = await r.json();
+  if (!r.ok) throw new Error(j.error || r.statusText);
+  if (asked !== infoAsked) return;
+  INFO = j;
+  GENERATION = r.headers.get("Alexsearch-Generation") || String(j.generation);
+  $("summary").textContent = INFO.parts
+    ? `${INFO.files} photos in ${INFO.parts.length} indexes (not merged) · ${INFO.kind}`
+    : `${INFO.files} photos · ${INFO.kind || ""} · generation ${INFO.generation}`;
+  $("mode-box").hidden = !INFO.binary;
+  if (INFO.binary) {
+    $("mode").value = params().mode;
+    $("mode-binary").textContent =
+      `binary codes, Hamming (${INFO.binary.bytes_per_image} bytes an image, ` +
+      `fc7 ${INFO.dimension * 4})`;
+  }
+}
+
+// An answer came from a generation the page does not show (`from` names whose): read the
+// summary again, then redraw the open tab's per-generation view (the map is kept by
+// generation; the duplicates are asked again unless that answer was theirs).
+async function newGeneration(from) {
+  try {
+    await readInfo();
+  } catch (e) {
+    status("cannot read the index: " + e.message, true);
+    return;
+  }
+  const view = params().view;
+  if (view === "info") renderInfo();
+  if (view === "collection") loadCollection();
+  if (view === "duplicates" && from !== "duplicates") loadDuplicates();
+}
+
+// A tab shown again asks whether the index changed meanwhile (no polling while hidden).
+document.addEventListener("visibilitychange", async () => {
+  if (document.visibilityState !== "visible" || GENERATION === null) return;
+  try {
+    await api("/api/generation", {}, "visible");
+  } catch (e) {
+    // the server is away: the next search says so
+  }
+});
+
 async function start() {
   try {
-    const r = await fetch("/api/info");
-    INFO = await r.json();
-    if (!r.ok) throw new Error(INFO.error || r.statusText);
-    $("summary").textContent = INFO.parts
-      ? `${INFO.files} photos in ${INFO.parts.length} indexes (not merged) · ${INFO.kind}`
-      : `${INFO.files} photos · ${INFO.kind || ""} · generation ${INFO.generation}`;
-    if (INFO.binary) {
-      $("mode-box").hidden = false;
-      $("mode-binary").textContent =
-        `binary codes, Hamming (${INFO.binary.bytes_per_image} bytes an image, ` +
-        `fc7 ${INFO.dimension * 4})`;
-    }
+    await readInfo();
   } catch (e) {
     status("cannot read the index: " + e.message, true);
   }
