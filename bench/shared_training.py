@@ -1,7 +1,7 @@
 """What one shared IVF training saves a sharded collection (index/training.py).
 
 Prints the CPU and its flags, then, on synthetic fc7-like vectors (4096-d, ReLU of
-Gaussian noise around 500 random centres, so that neighbours mean something) split into
+Gaussian noise around 4,000 random centres, so that neighbours mean something) split into
 shards by id:
 
   merge          the shards' IVF-PQ indexes, all built from one training, joined list
@@ -31,14 +31,14 @@ import numpy as np
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[1])]
 
 
-def clustered(n: int, seed: int, centres: int = 500, dim: int = 4096) -> np.ndarray:
+def clustered(n: int, seed: int, centres: int = 4000, dim: int = 4096) -> np.ndarray:
     rng = np.random.default_rng(seed)
     c = np.random.default_rng(0).standard_normal((centres, dim), np.float32)
     out = np.empty((n, dim), np.float32)
     for i in range(0, n, 8192):  # bounded temporaries
         m = min(8192, n - i)
         noise = rng.standard_normal((m, dim), np.float32)
-        out[i : i + m] = np.maximum(c[rng.integers(0, centres, m)] + 0.7 * noise, 0)
+        out[i : i + m] = np.maximum(c[rng.integers(0, centres, m)] + 0.3 * noise, 0)
     return out
 
 
@@ -92,9 +92,8 @@ def main() -> None:
     print(f"shared training, inverted lists joined: {t_join:.2f} s, recall@10 {r_join:.3f} "
           f"({t_rebuild / t_join:.0f}x faster)")  # fmt: skip
 
-    print("\n# one IVF-PQ training of 4096-d vectors, a sample of 20,000")
-    sample = x[:20_000]
-    nlist = vectors.ivf_lists(a.n)
+    print("\n# one IVF-PQ training of 4096-d vectors, a sample of 30,000, 600 lists")
+    sample, nlist = x[:30_000], 600
 
     def factory(code):
         ix = faiss.index_factory(sample.shape[1], f"PCA256,IVF{nlist},{code}")
@@ -103,7 +102,7 @@ def main() -> None:
 
     _, t_poly = timed(lambda: factory("PQ32"))
     _, t_np = timed(lambda: factory("PQ32np"))
-    _, t_ours = timed(lambda: vectors.train_faiss("ivfpq", a.n, sample))
+    _, t_ours = timed(lambda: vectors.train_faiss("ivfpq", a.n, sample, nlist=nlist))
     print(f"baseline, FAISS's factory (PCAMatrix, polysemous reordering): {t_poly:.1f} s")
     print(f"the same without the reordering (PQ32np): {t_np:.1f} s")
     print(f"vectors.train_faiss (top-256 PCA, no reordering): {t_ours:.1f} s "

@@ -94,7 +94,7 @@ def train_faiss(
         inner.hnsw.efSearch = 64
     elif ivf:
         # "np": no polysemous training. It reorders the codebooks for Hamming filtering,
-        # which search never uses (polysemous_ht 0), and cost ~20 s of a 2-core CPU a
+        # which search never uses (polysemous_ht 0), and cost 19 s of a 2-core CPU a
         # training (bench/shared_training.py); distances are the same.
         code = f"PQ{pq}np" if kind == "ivfpq" else "SQ8"
         inner = faiss.index_factory(out_dim, f"IVF{nlist},{code}")
@@ -115,8 +115,8 @@ def _reduction(sample: np.ndarray):
     """The IVF kinds' PCA to REDUCED_DIM dimensions (no whitening), learnt with the
     search spaces' PCA (spaces.principal_components: exact or randomized SVD of the
     sample's top components) rather than FAISS's PCAMatrix.train, which decomposes the
-    whole 4096x4096 covariance: 9 s against ~110 s for 40,000 vectors on 2 cores
-    (bench/shared_training.py)."""
+    whole 4096x4096 covariance: with the PQ, 13.5 s against 102 s for 30,000 vectors
+    on 2 cores (bench/shared_training.py)."""
     from . import spaces
 
     dim = min(REDUCED_DIM, sample.shape[1])
