@@ -233,7 +233,10 @@ def _carry_codes(out_dir, dirs, manifests, pairs, gen) -> tuple[CodesRecord | No
     if not all(entries):
         missing = next(d for d, e in zip(dirs, entries, strict=True) if not e)
         return None, f"not carried: {missing} has no binary codes"
-    digests = [_sha1(d / e.autoencoder) for d, e in zip(dirs, entries, strict=True)]
+    try:
+        digests = [_sha1(d / e.autoencoder) for d, e in zip(dirs, entries, strict=True)]
+    except OSError as err:
+        return None, f"not carried: an autoencoder is unreadable ({err})"
     if len(set(digests)) > 1:
         other = next(d for d, h in zip(dirs, digests, strict=True) if h != digests[0])
         return None, (
