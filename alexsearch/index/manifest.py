@@ -12,6 +12,8 @@ An index is a folder:
     codes-<gen>.*, autoencoder-<gen>.pt   binary codes, when built (codes.py)
     trained-<sig>.faiss, trained-space-<sig>.faiss, whiten-trained-<sig>.faissvt
                           a shared IVF training, when the index has one (training.py)
+    vectors-<gen>.ivfdata, space-<gen>.ivfdata   the inverted lists of a merge made
+                          `--on-disk`, memory-mapped beside their .faiss (ondisk.py)
     .lock                 held (flock) by the one process writing the index (lock.py)
 
 A new generation is written aside and published by replacing the manifest, so a reader
