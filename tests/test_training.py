@@ -31,6 +31,15 @@ def paths_of(index) -> set[str]:
         cat.close()
 
 
+def vectors_by_path(index) -> dict[str, np.ndarray]:
+    cat = Catalogue(index / "catalogue.sqlite", readonly=True)
+    try:
+        ok = cat.ok_files(4096)
+        return {p: v.copy() for p, v in zip(ok.paths, ok.vectors, strict=True)}
+    finally:
+        cat.close()
+
+
 def answers(index, queries, space, k=6):
     with alexsearch.open_index(index, precision="fp32") as ix:
         return [[(h.path, h.distance) for h in r.hits] for r in ix.query(queries, k, space=space)]
@@ -75,6 +84,13 @@ def test_the_training_sample_is_the_same_on_every_machine(trained):
     assert (t.kind, t.sample, t.planned) == ("ivfpq", SAMPLE, 300)
     assert t.space_file and t.space_dim  # the whitened space is part of the training
     assert f"trained on {SAMPLE} vectors for 300" in s.training
+    # the sample's photos are not extracted again by the shards: their fc7 is copied
+    shards = [trained["s0_summary"], trained["s1_summary"]]
+    assert sum(x.reused for x in shards) == SAMPLE == trained["one_summary"].reused
+    assert sum(x.extracted for x in shards) == 300 - SAMPLE
+    train_vecs = vectors_by_path(trained["train"])
+    one_vecs = vectors_by_path(trained["one"])
+    assert all(np.array_equal(one_vecs[p], v) for p, v in train_vecs.items())
 
 
 def test_shards_of_one_training_merge_without_training_and_answer_as_one_piece(trained, tmp_path):
@@ -231,6 +247,12 @@ def test_torchrun_ranks_of_an_ivf_kind_add_to_one_training_of_rank_0(trained, in
     assert p.returncode == 0, stderr[-3000:]
     s = json.loads(stdout)  # rank 0 alone
     assert s["total_ok"] == 300 and s["kind"] == "ivfpq"
+    # rank 0's sample is extracted once: the shards copy its vectors
+    assert (s["reused"], s["extracted"]) == (SAMPLE, 300 - SAMPLE)
+    got, want = vectors_by_path(out), vectors_by_path(trained["one"])
+    assert sorted(got) == sorted(want)
+    for p in got:
+        np.testing.assert_allclose(got[p], want[p], rtol=1e-4, atol=1e-5)
     assert "inverted lists joined, nothing trained or encoded again" in s["training"]
     t = read_manifest(training_dir(out)).training
     assert (t.sample, t.planned) == (SAMPLE, 300)

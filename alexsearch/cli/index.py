@@ -120,6 +120,8 @@ def index(
     }
     if summary.training:
         rows["training"] = summary.training
+    if summary.reused:
+        rows["reused"] = f"{summary.reused} files' fc7 copied from the training's sample"
     if summary.labelled:
         rows["labelled"] = f"{summary.labelled} files given their top-5 classes (from fc7)"
     out.print(kv_table("index", rows))

@@ -65,6 +65,7 @@ class IndexSummary:
     labels_note: str = ""  # why some files have no labels, when they could not be computed
     shard: str = ""  # "I/N" when the run indexed one shard of the photos (--shard)
     training: str = ""  # the shared IVF training it adds to (--trained, --train-only)
+    reused: int = 0  # files whose fc7 was copied from the --trained index's sample
 
 
 def plan(catalogue: Catalogue, roots: list[Path], files, problems) -> Plan:
@@ -174,6 +175,8 @@ def run(
             if source is not None and not (manifest and manifest.codes):
                 coder = training.adopt_codes(index_dir, *source)
             summary.moved, to_extract = _apply_moves_and_deletes(cat, work, summary)
+            if to_extract and source is not None:
+                summary.reused, to_extract = _reuse(cat, source, network, to_extract)
             if to_extract:
                 _extract_into(
                     cat, network, to_extract, summary, batch_size, workers, max_megapixels,
@@ -237,6 +240,26 @@ def _kind_and_training(index_dir, manifest, kind, source, network):
             f"--kind {kind} would drop it; leave --kind out or index into another --index"
         )
     return adopted.kind, adopted
+
+
+def _reuse(cat, source, network, todo):
+    """(copied, still to extract): the files of `todo` that the --trained index holds
+    as they are now (its sample) get their fc7, digest and thumbnail copied from it,
+    not extracted again, when it computed them in this run's precision (its model was
+    checked: training.check_model)."""
+    src_dir, src_manifest = source
+    if network is None or src_manifest.precision != network.precision:
+        return 0, todo
+    src = Catalogue(src_dir / "catalogue.sqlite", readonly=True)
+    try:
+        rows = src.extracted(todo)
+    finally:
+        src.close()
+    for row in rows:
+        cat.put(*row)
+    cat.commit()
+    done = {row[0] for row in rows}
+    return len(rows), [f for f in todo if f[0] not in done]
 
 
 def _learn(index_dir, cat, manifest, network, kind, planned, space, space_dim):

@@ -300,6 +300,24 @@ class Catalogue:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else None
 
+    def extracted(self, files) -> list[tuple]:
+        """(path, size, mtime_ns, digest, vector (float32) or None, thumb, reason) of the
+        ok rows among `files` [(path, size, mtime_ns)] that hold that very file (same
+        size and mtime): another index's extraction of it, to be copied, not redone."""
+        found = []
+        files = list(files)
+        for start in range(0, len(files), 900):  # SQLite's bound-parameter limit
+            chunk = {p: (size, mtime) for p, size, mtime in files[start : start + 900]}
+            q = (
+                "SELECT path, size, mtime_ns, digest, vector, thumb, reason FROM files WHERE"
+                f" status='ok' AND path IN ({','.join('?' * len(chunk))})"
+            )
+            for path, size, mtime, digest, blob, thumb, reason in self.db.execute(q, list(chunk)):
+                if chunk[path] == (size, mtime):
+                    vec = np.frombuffer(blob, dtype=np.float32)
+                    found.append((path, size, mtime, digest, vec, thumb, reason))
+        return found
+
     # -- writes (the caller holds the index lock and commits in chunks)
 
     def put(self, path, size, mtime_ns, digest, vector, thumb, reason="") -> None:

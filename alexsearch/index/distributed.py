@@ -42,7 +42,7 @@ from ..errors import UserError
 # How long ranks wait for each other at the barrier: shards of a large collection finish
 # hours apart (torch's default, 30 minutes, would end the fastest ranks first).
 BARRIER_TIMEOUT = timedelta(days=7)
-SUMMED = ("added", "updated", "moved", "deleted", "unchanged", "extracted")
+SUMMED = ("added", "updated", "moved", "deleted", "unchanged", "extracted", "reused")
 # In each shard folder while a run lasts: a file named by the token of the rank that
 # writes there (holding its host's name). Neither a photo (it is under OUT, not PHOTOS)
 # nor part of an index: merge reads only the manifest and catalogue of a shard, so
